@@ -119,20 +119,22 @@ class Model:
         """The initial state of ``batch_size`` streams, (B, S), all zeros."""
         return np.zeros((batch_size, self.state_size), dtype=self.dtype)
 
-    def loss_and_grads(self, inputs, targets, s0=None):
+    def loss_and_grads(self, inputs, targets, s0=None, rng=None):
         """Mean cross-entropy (nats per token), gradients by name, and the last state.
 
-        inputs, targets: int arrays (B, T); s0: (B, S) or None for zeros. Returns
+        inputs, targets: int arrays (B, T); s0: (B, S) or None for zeros; rng: a
+        ``np.random.Generator`` turns on training-time noise (dropout) in models that have it,
+        None means deterministic. Returns
         ``(loss, grads, s_last)``: grads maps each parameter name to an array of its shape
         (views of one fresh flat vector), s_last is (B, S), to carry into the next chunk.
         """
-        loss, g, s_last = self.loss_and_flat_grad(inputs, targets, s0)
+        loss, g, s_last = self.loss_and_flat_grad(inputs, targets, s0, rng)
         return loss, self.unflatten(g), s_last
 
-    def loss_and_flat_grad(self, inputs, targets, s0=None):
+    def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
         """Like ``loss_and_grads``, with the gradient as one flat vector laid out like ``theta``."""
         inputs, targets, s0 = self._check(inputs, targets, s0)
-        p, cache, s_last = self.forward(inputs, s0)
+        p, cache, s_last = self.forward(inputs, s0, rng)
         loss, do = cross_entropy_grad_(p, targets.T.reshape(-1))
         g = np.zeros_like(self.theta)
         self.backward(do, cache, self.unflatten(g))
@@ -204,8 +206,11 @@ class RNN(Model):
         self.b = 0.0
         self.c = 0.0
 
-    def forward(self, inputs: np.ndarray, s0: np.ndarray):
-        """Run T steps. inputs (B, T) ints, s0 (B, H) -> p (T*B, K) time-major, cache, s_T."""
+    def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
+        """Run T steps. inputs (B, T) ints, s0 (B, H) -> p (T*B, K) time-major, cache, s_T.
+
+        ``rng`` is accepted for the common interface; the vanilla RNN has no dropout.
+        """
         U, W, b, V, c = self.U, self.W, self.b, self.V, self.c
         x = inputs.T  # (T, B): time-major, so each step reads contiguous rows
         T, B = x.shape
