@@ -1,0 +1,384 @@
+"""The checkpoint file format and the model store (a directory of checkpoints).
+
+One checkpoint is one self-contained ``.npz`` (a zip of ``.npy`` arrays), loaded with
+``allow_pickle=False`` so that loading never executes code:
+
+    meta.json       uint8 (N,)  UTF-8 JSON: format version, model config, tokenizer, training
+                                config, step, cursor, metrics history, optimizer hyperparameters
+                                and step count, RNG state, corpus description and hash
+    theta           float (P,)  every model parameter, flat (see ``charrnn.model.Model``)
+    state           float (B,S) the hidden state carried into the next training chunk
+    optimizer.NAME  float (P,)  the optimizer's buffers (Adam: m and v), for exact resume
+
+Before any array is read, its ``.npy`` header is checked against what the metadata implies
+(dtype and shape), so a hostile or damaged file fails with a clear error and never makes us
+allocate more than the file could hold. Writes are atomic: a temporary file in the same
+directory, fsync, rename, fsync of the directory.
+
+The store is a directory holding ``ckpt-<step>.npz`` files and ``store.json``, which names the
+latest and the best (lowest validation bits per character) checkpoints. ``train.lock`` guards it
+against two training runs at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from charrnn import __version__
+from charrnn.model import DTYPES, Model
+from charrnn.tokenizer import Tokenizer
+
+FORMAT = "charrnn-checkpoint"
+FORMAT_VERSION = 1
+STORE_FILE = "store.json"
+LOCK_FILE = "train.lock"
+MAX_META_BYTES = 64 << 20  # a vocabulary of a million words fits easily
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or store that cannot be used, with a one-line reason for the user."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to use a model, and to resume training it exactly.
+
+    ``arrays`` holds the training arrays besides theta ("state", "optimizer.m", ...);
+    ``meta`` the JSON metadata (see the module docstring).
+    """
+
+    model: Model
+    tokenizer: Tokenizer
+    meta: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def step(self) -> int:
+        return int(self.meta.get("step", 0))
+
+
+def build_model(config: dict, dtype) -> Model:
+    """The model a config describes (any cell), with zeroed weights about to be loaded."""
+    from charrnn.model import RNN
+
+    if config.get("cell", "rnn") == "rnn" and config.get("num_layers", 1) == 1 and not config.get(
+        "dropout"
+    ) and not config.get("embedding_size"):
+        return RNN(config["vocab_size"], config["hidden_size"], dtype=dtype)
+    try:
+        from charrnn.cells import build_model as build_cell_model
+    except ImportError:  # pragma: no cover - cells.py ships with the package
+        raise CheckpointError(f"unknown model cell {config.get('cell')!r}") from None
+    return build_cell_model(config, dtype=dtype)
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically; the file at ``path`` is never left half-written."""
+    path = Path(path)
+    meta = dict(ckpt.meta)
+    meta.update(
+        format=FORMAT,
+        format_version=FORMAT_VERSION,
+        charrnn_version=__version__,
+        model=ckpt.model.config(),
+        dtype=ckpt.model.dtype.name,
+        tokenizer=ckpt.tokenizer.to_dict(),
+        arrays={k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in ckpt.arrays.items()},
+    )
+    meta_bytes = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    members = {"meta.json": np.frombuffer(meta_bytes, dtype=np.uint8), "theta": ckpt.model.theta}
+    members.update(ckpt.arrays)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+                for name, array in members.items():
+                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write a small JSON file atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, ensure_ascii=False, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Load and validate one checkpoint file; raises CheckpointError with a one-line reason."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return _load(zf, path)
+    except CheckpointError:
+        raise
+    except zipfile.BadZipFile:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (not a valid .npz file; truncated?)") from None
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.LargeZipFile) as e:
+        raise CheckpointError(f"{path} is damaged or not a charrnn checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _read_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple | None) -> np.ndarray:
+    """Read one ``.npy`` member after checking its header: no pickles, no surprise sizes."""
+    try:
+        info = zf.getinfo(name + ".npy")
+    except KeyError:
+        raise CheckpointError(f"checkpoint lacks the array {name!r}") from None
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            header_shape, fortran, header_dtype = np.lib.format.read_array_header_1_0(f)
+        elif version in ((2, 0), (3, 0)):
+            header_shape, fortran, header_dtype = np.lib.format.read_array_header_2_0(f)
+        else:  # pragma: no cover - numpy only writes the versions above
+            raise CheckpointError(f"array {name!r} has an unknown .npy version {version}")
+        if header_dtype.hasobject:
+            raise CheckpointError(f"array {name!r} holds Python objects; refusing to load it (no pickle)")
+        if header_dtype != dtype:
+            raise CheckpointError(f"array {name!r} has dtype {header_dtype}, expected {dtype}")
+        if shape is not None and tuple(header_shape) != tuple(shape):
+            raise CheckpointError(f"array {name!r} has shape {tuple(header_shape)}, expected {tuple(shape)}")
+        nbytes = int(np.prod(header_shape, dtype=np.int64)) * header_dtype.itemsize
+        if nbytes > info.file_size:
+            raise CheckpointError(f"array {name!r} declares {nbytes} bytes but the file holds fewer (truncated?)")
+        data = f.read(nbytes)
+    if len(data) != nbytes:
+        raise CheckpointError(f"array {name!r} is truncated")
+    array = np.frombuffer(data, dtype=header_dtype).reshape(header_shape, order="F" if fortran else "C")
+    return array.copy()
+
+
+def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
+    try:
+        info = zf.getinfo("meta.json.npy")
+    except KeyError:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint (no metadata)") from None
+    if info.file_size > MAX_META_BYTES:
+        raise CheckpointError(f"{path}: metadata is implausibly large ({info.file_size} bytes)")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        meta_shape, _, meta_dtype = read_header(f)
+    if meta_dtype != np.uint8 or len(meta_shape) != 1:
+        raise CheckpointError(f"{path}: metadata is not a UTF-8 byte array")
+    raw = _read_member(zf, "meta.json", np.dtype(np.uint8), meta_shape)
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a charrnn checkpoint")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {version}; this charrnn ({__version__}) reads up to "
+            f"{FORMAT_VERSION}: upgrade charrnn"
+        )
+    try:
+        tokenizer = Tokenizer.from_dict(meta["tokenizer"])
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad vocabulary in metadata ({e})") from None
+    config = meta.get("model")
+    if not isinstance(config, dict) or meta.get("dtype") not in DTYPES:
+        raise CheckpointError(f"{path}: bad model description in metadata")
+    if config.get("vocab_size") != tokenizer.vocab_size:
+        raise CheckpointError(
+            f"{path}: vocabulary ({tokenizer.vocab_size} tokens) and weights "
+            f"(vocab_size {config.get('vocab_size')}) disagree"
+        )
+    sizes = [config.get(k) for k in ("hidden_size", "num_layers", "embedding_size")]
+    if not all(v is None or (isinstance(v, int) and 0 < v <= 1 << 16) for v in sizes):
+        raise CheckpointError(f"{path}: implausible model sizes in metadata")
+    dtype = np.dtype(DTYPES[meta["dtype"]])
+    # Check the parameter count against the file before building (and allocating) the model.
+    theta_info = zf.getinfo("theta.npy") if "theta.npy" in zf.namelist() else None
+    if theta_info is None:
+        raise CheckpointError(f"{path}: checkpoint lacks the weights")
+    try:
+        model = build_model(config, dtype)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build the model it describes ({e})") from None
+    if model.num_params * dtype.itemsize > theta_info.file_size:
+        raise CheckpointError(f"{path}: weights are truncated or do not match the model")
+    model.theta[...] = _read_member(zf, "theta", dtype, (model.num_params,))
+    arrays = {}
+    for name, spec in (meta.get("arrays") or {}).items():
+        try:
+            arrays[name] = _read_member(zf, name, np.dtype(spec["dtype"]), tuple(spec["shape"]))
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"{path}: bad array description for {name!r} ({e})") from None
+    if not np.isfinite(model.theta).all():
+        raise CheckpointError(f"{path}: weights hold NaN or infinity")
+    return Checkpoint(model=model, tokenizer=tokenizer, meta=meta, arrays=arrays, path=path)
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+class StoreLockedError(CheckpointError):
+    """Another training run holds the store."""
+
+
+class ModelStore:
+    """A directory of checkpoints with pointers to the latest and the best."""
+
+    def __init__(self, directory: Path, keep: int = 3):
+        self.directory = Path(directory)
+        self.keep = max(1, int(keep))
+        self._lock_fd: int | None = None
+
+    # pointers
+    def index(self) -> dict:
+        """The contents of store.json ({} if missing or unreadable)."""
+        try:
+            with open(self.directory / STORE_FILE, encoding="utf-8") as f:
+                data = json.load(f)
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint files in the store, oldest step first."""
+        if not self.directory.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.directory.iterdir() if (m := _CKPT_RE.match(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def path_for(self, step: int) -> Path:
+        return self.directory / f"ckpt-{step:09d}.npz"
+
+    def save(self, ckpt: Checkpoint, val_bpc: float | None = None) -> Path:
+        """Save a checkpoint, update the pointers, and drop old ones (never the best)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = save_checkpoint(self.path_for(ckpt.step), ckpt)
+        index = self.index()
+        index["latest"] = path.name
+        best_ok = index.get("best") and (self.directory / index["best"]).exists()
+        if val_bpc is not None and (not best_ok or val_bpc <= index.get("best_val_bpc", float("inf"))):
+            index["best"], index["best_val_bpc"] = path.name, float(val_bpc)
+        write_json_atomic(self.directory / STORE_FILE, index)
+        self._prune(index)
+        return path
+
+    def _prune(self, index: dict) -> None:
+        protected = {index.get("latest"), index.get("best")}
+        old = [p for p in self.checkpoints() if p.name not in protected]
+        for p in old[: max(0, len(old) - (self.keep - 1))]:
+            p.unlink(missing_ok=True)
+
+    def resolve(self, prefer: str = "best") -> Path:
+        """The checkpoint to use: the best (or latest) by the pointers, else the newest file."""
+        if not self.directory.exists():
+            raise CheckpointError(f"no model at {self.directory} (train one first: charrnn train CORPUS)")
+        index = self.index()
+        order = ("best", "latest") if prefer == "best" else ("latest", "best")
+        for key in order:
+            name = index.get(key)
+            if isinstance(name, str) and (self.directory / name).is_file():
+                return self.directory / name
+        files = self.checkpoints()
+        if files:
+            return files[-1]
+        if any(self.directory.iterdir()):
+            raise CheckpointError(f"{self.directory} holds no charrnn checkpoints")
+        raise CheckpointError(f"no model in {self.directory} yet (train one first: charrnn train CORPUS)")
+
+    def load(self, prefer: str = "best") -> Checkpoint:
+        """Load the checkpoint ``resolve`` names; if it is damaged, fall back to older ones."""
+        first = self.resolve(prefer)
+        try:
+            return load_checkpoint(first)
+        except CheckpointError as error:
+            for p in reversed(self.checkpoints()):
+                if p != first:
+                    try:
+                        return load_checkpoint(p)
+                    except CheckpointError:
+                        continue
+            raise error
+
+    # locking
+    def lock(self) -> None:
+        """Take the training lock (released when the process ends, even by kill -9)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise StoreLockedError(
+                    f"another training run is using {self.directory} (lock file {LOCK_FILE}); "
+                    "wait for it or choose another --model"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def open_model(path: Path, prefer: str = "best") -> Checkpoint:
+    """Load what a ``-m/--model`` path names: a checkpoint file, or a store directory."""
+    path = Path(path)
+    if path.is_dir():
+        return ModelStore(path).load(prefer)
+    if not path.exists():
+        raise CheckpointError(f"no model at {path} (train one first: charrnn train CORPUS)")
+    return load_checkpoint(path)
