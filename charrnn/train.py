@@ -1,0 +1,423 @@
+"""The training loop: truncated BPTT over B streams, periodic validation, checkpoints, exact resume.
+
+``Trainer`` owns everything that changes while training (model, optimizer, RNG, data cursor,
+carried state, history). ``Trainer.run()`` is a generator: it yields a ``Progress`` record after
+every step, validation and save, and never prints; the front end decides how to show them. To
+stop early (Ctrl-C, SIGTERM), set ``trainer.stop_requested = True``: the loop finishes the current
+step, saves, and ends with ``reason == "interrupted"``.
+
+Resuming is exact: a checkpoint holds the weights, the optimizer buffers, the RNG state, the data
+cursor and the carried hidden state, so N steps, save, resume, N more steps give the same weights
+as 2N steps in one run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+import numpy as np
+
+from charrnn.checkpoint import Checkpoint, ModelStore
+from charrnn.data import Batches
+from charrnn.model import DTYPES, Model
+from charrnn.optim import Optimizer, clip_grad_norm_, learning_rate, make_optimizer
+from charrnn.tokenizer import Tokenizer
+
+DEFAULT_MAX_TIME = 600.0  # seconds, when neither steps, epochs nor max_time is given
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run, with its default (one place for all of them)."""
+
+    # model
+    cell: str = "rnn"  # rnn | lstm | gru
+    hidden_size: int = 256  # H, units per layer
+    num_layers: int = 1  # stacked recurrent layers
+    embedding_size: int | None = None  # E; None: the first layer looks up its input rows directly
+    dropout: float = 0.0  # inverted dropout between layers and on the output, in [0, 1)
+    dtype: str = "float32"  # float32 (fast) | float64 (for checks)
+    # tokenizer
+    level: str = "char"  # char | word
+    min_count: int = 1  # tokens seen fewer times map to the unknown id
+    max_vocab: int | None = None  # cap on the vocabulary size (unknown included)
+    # optimization
+    seq_len: int = 64  # T, BPTT length in tokens
+    batch_size: int = 32  # B, parallel streams
+    optimizer: str = "adam"  # adam | adagrad | sgd
+    lr: float = 2e-3  # base learning rate
+    schedule: str = "constant"  # constant | cosine | exponential (after warm-up)
+    warmup_steps: int = 0  # linear warm-up from lr/warmup_steps
+    decay_every: int = 1000  # exponential schedule: steps per factor of decay_rate
+    decay_rate: float = 0.5
+    weight_decay: float = 0.0  # decoupled (AdamW) weight decay
+    clip: float = 5.0  # max global gradient norm; 0 disables
+    # length of the run (the first limit reached ends it)
+    steps: int | None = None  # steps in this invocation
+    epochs: float | None = None  # total passes over the training split
+    max_time: float | None = None  # seconds of wall time in this invocation (DEFAULT_MAX_TIME if
+    #                                 no limit at all is given)
+    patience: int | None = None  # early stop after this many validations without improvement
+    # validation and saving
+    val_fraction: float = 0.1  # last fraction of the corpus held out
+    eval_every: int = 200  # steps between validations (0: only at the end)
+    eval_max_tokens: int = 2_000_000  # cap on validation tokens scored each time
+    save_every: int = 500  # steps between checkpoints (0: only at the end)
+    keep: int = 3  # checkpoints kept in the store besides the best
+    seed: int = 0  # initialization, data order and dropout
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason for an impossible setting."""
+        positive = ("hidden_size", "num_layers", "seq_len", "batch_size", "lr", "decay_every")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        for name in ("steps", "epochs", "max_time", "patience", "embedding_size", "max_vocab"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError("val-fraction must be in [0, 1)")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
+        if self.min_count < 1:
+            raise ValueError("min-count must be at least 1")
+        if self.clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("clip, weight-decay and warmup-steps cannot be negative")
+
+    def model_config(self, vocab_size: int) -> dict:
+        return {
+            "cell": self.cell,
+            "vocab_size": vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "embedding_size": self.embedding_size,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class Progress:
+    """One record of what the loop did; ``event`` is step, eval, save or done."""
+
+    event: str
+    step: int
+    epoch: float
+    train_loss: float | None = None  # nats per token, this step
+    val_bpc: float | None = None  # bits per token on the validation split, latest
+    best_val_bpc: float | None = None
+    lr: float = 0.0
+    tokens_per_sec: float = 0.0
+    elapsed: float = 0.0  # seconds in this invocation
+    fraction_done: float | None = None  # of this invocation's budget, when one is known
+    path: str | None = None  # the checkpoint written, for "save"
+    reason: str | None = None  # why the run ended, for "done"
+
+
+class DivergedError(RuntimeError):
+    """The loss or the gradient became NaN or infinite."""
+
+
+def make_model(config: TrainConfig, vocab_size: int) -> Model:
+    """A freshly initialized model for ``config``."""
+    dtype = DTYPES[config.dtype]
+    mc = config.model_config(vocab_size)
+    if mc["cell"] == "rnn" and mc["num_layers"] == 1 and not mc["dropout"] and not mc["embedding_size"]:
+        from charrnn.model import RNN
+
+        return RNN(vocab_size, config.hidden_size, seed=config.seed, dtype=dtype)
+    from charrnn.cells import build_model
+
+    return build_model(mc, seed=config.seed, dtype=dtype)
+
+
+def validation_bpc(model: Model, ids: np.ndarray, seq_len: int, max_tokens: int, num_streams: int = 64) -> float:
+    """Bits per token of ``model`` on ``ids`` (forward only, state carried across chunks)."""
+    from charrnn.evaluate import evaluate
+
+    if len(ids) < 2:
+        return float("nan")
+    ids = ids[: max_tokens + 1]
+    return float(evaluate(model, None, ids, num_streams=num_streams, seq_len=max(seq_len, 128))["bits_per_char"])
+
+
+@dataclass
+class Trainer:
+    """A training run in progress (see the module docstring)."""
+
+    config: TrainConfig
+    model: Model
+    tokenizer: Tokenizer
+    train_ids: np.ndarray
+    val_ids: np.ndarray
+    store: ModelStore | None = None
+    corpus: dict = field(default_factory=dict)  # name, size, sha256: kept in checkpoints
+    optimizer: Optimizer | None = None
+    step: int = 0  # steps taken so far, over all invocations
+    chunk: int = 0  # data cursor: the next chunk of the current epoch
+    epoch: int = 0  # completed passes over the training split
+    history: list = field(default_factory=list)  # [{"step", "train_loss", "val_bpc"}]
+    best_val_bpc: float | None = None
+    evals_since_best: int = 0
+    stop_requested: bool = False
+    # data parallelism: average the flat gradient in place across processes and return the mean
+    # loss (an MPI allreduce); and which of the batch's streams this process owns
+    reduce_gradient: Callable[[np.ndarray, float], float] | None = None
+    streams: slice = field(default_factory=lambda: slice(None))
+
+    def __post_init__(self):
+        c = self.config
+        self.batches = Batches(self.train_ids, c.batch_size, c.seq_len)
+        if self.optimizer is None:
+            self.optimizer = make_optimizer(c.optimizer, self.model.num_params, self.model.dtype, c.weight_decay)
+        self.rng = np.random.default_rng(c.seed)
+        num_streams = len(range(c.batch_size)[self.streams])
+        self.s = self.model.zero_state(num_streams)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """The whole state of the run as a checkpoint."""
+        opt_state = self.optimizer.state_dict()
+        arrays = {"state": self.s.copy()}
+        arrays.update({f"optimizer.{k}": v for k, v in opt_state.pop("buffers").items()})
+        meta = {
+            "train_config": asdict(self.config),
+            "step": self.step,
+            "cursor": {"epoch": self.epoch, "chunk": self.chunk},
+            "history": self.history,
+            "best_val_bpc": self.best_val_bpc,
+            "evals_since_best": self.evals_since_best,
+            "optimizer": opt_state,
+            "rng": self.rng.bit_generator.state,
+            "corpus": self.corpus,
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        return Checkpoint(model=self.model, tokenizer=self.tokenizer, meta=meta, arrays=arrays)
+
+    def restore(self, ckpt: Checkpoint, data_too: bool = True) -> None:
+        """Continue from ``ckpt``: weights, optimizer, RNG, history; and cursor and state if
+        ``data_too`` (False for fine-tuning on another corpus)."""
+        meta = ckpt.meta
+        self.model.theta[...] = ckpt.model.theta
+        opt = dict(meta["optimizer"])
+        opt["buffers"] = {k.split(".", 1)[1]: v for k, v in ckpt.arrays.items() if k.startswith("optimizer.")}
+        if opt.get("name") == self.optimizer.name:
+            self.optimizer.load_state_dict(opt)
+        self.step = int(meta["step"])
+        self.history = list(meta.get("history", []))
+        self.best_val_bpc = meta.get("best_val_bpc")
+        self.evals_since_best = int(meta.get("evals_since_best", 0))
+        self.rng.bit_generator.state = meta["rng"]
+        if data_too:
+            self.epoch = int(meta["cursor"]["epoch"])
+            self.chunk = int(meta["cursor"]["chunk"])
+            state = ckpt.arrays.get("state")
+            if state is not None and state.shape == self.s.shape:
+                self.s = state.astype(self.model.dtype)
+
+    def save(self) -> str | None:
+        """Save to the store (if any); the latest validation result decides "best"."""
+        if self.store is None:
+            return None
+        latest = self.history[-1].get("val_bpc") if self.history else None
+        return str(self.store.save(self.checkpoint(), val_bpc=latest))
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def train_step(self) -> tuple[float, float]:
+        """One chunk of truncated BPTT and one update; returns (loss, learning rate)."""
+        c = self.config
+        if self.chunk >= self.batches.num_chunks:  # a new pass: streams start over from zero state
+            self.chunk, self.epoch = 0, self.epoch + 1
+            self.s = self.model.zero_state(self.s.shape[0])
+        inputs, targets = self.batches.chunk(self.chunk, self.streams)
+        rng = self.rng if c.dropout else None
+        loss, g, s_last = self.model.loss_and_flat_grad(inputs, targets, self.s, rng)
+        if self.reduce_gradient is not None:
+            loss = self.reduce_gradient(g, loss)
+        norm = clip_grad_norm_(g, c.clip)
+        if not (math.isfinite(loss) and math.isfinite(norm)):
+            raise DivergedError(
+                f"training diverged at step {self.step + 1} (loss {loss}, gradient norm {norm}); "
+                "lower the learning rate (--lr) or clip gradients harder (--clip)"
+            )
+        lr = learning_rate(
+            self.step, c.lr, c.schedule, self._total_steps(), c.warmup_steps,
+            decay_rate=c.decay_rate, decay_every=c.decay_every,
+        )
+        self.optimizer.step(self.model.theta, g, lr)
+        self.s = s_last
+        self.chunk += 1
+        self.step += 1
+        return loss, lr
+
+    def _total_steps(self) -> int | None:
+        if self.config.epochs:
+            return int(self.config.epochs * self.batches.num_chunks)
+        return None
+
+    @property
+    def epochs_done(self) -> float:
+        return self.epoch + self.chunk / self.batches.num_chunks
+
+    def validate(self) -> float:
+        c = self.config
+        bpc = validation_bpc(self.model, self.val_ids, c.seq_len, c.eval_max_tokens)
+        improved = self.best_val_bpc is None or bpc < self.best_val_bpc
+        if improved:
+            self.best_val_bpc, self.evals_since_best = bpc, 0
+        else:
+            self.evals_since_best += 1
+        return bpc
+
+    def run(self) -> Iterator[Progress]:
+        """Train until a limit is reached, yielding Progress records; validates and saves at the end."""
+        c = self.config
+        budget = _Budget(c, self.step, self.epochs_done)
+        tokens_per_step = self.batches.batch_size * c.seq_len
+        loss, lr, val_bpc, losses = None, 0.0, None, []
+        while (reason := budget.reason(self)) is None:
+            loss, lr = self.train_step()
+            losses.append(loss)
+            rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
+            yield self._progress("step", loss, val_bpc, lr, rate, budget)
+            if c.eval_every and self.step % c.eval_every == 0:
+                val_bpc = self._evaluate_and_record(float(np.mean(losses)))
+                losses = []
+                yield self._progress("eval", loss, val_bpc, lr, rate, budget)
+            if c.save_every and self.step % c.save_every == 0:
+                yield self._progress("save", loss, val_bpc, lr, rate, budget, path=self.save())
+        rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
+        if budget.steps_done(self) > 0:
+            if losses:
+                val_bpc = self._evaluate_and_record(float(np.mean(losses)))
+                yield self._progress("eval", loss, val_bpc, lr, rate, budget)
+            path = self.save()
+            if path:
+                yield self._progress("save", loss, val_bpc, lr, rate, budget, path=path)
+        yield self._progress("done", loss, val_bpc, lr, rate, budget, reason=reason)
+
+    def _evaluate_and_record(self, mean_loss: float) -> float | None:
+        record = {"step": self.step, "train_loss": round(mean_loss, 5)}
+        val_bpc = None
+        if len(self.val_ids) > 1:
+            val_bpc = self.validate()
+            record["val_bpc"] = round(val_bpc, 5)
+        self.history.append(record)
+        return val_bpc
+
+    def _progress(self, event, loss, val_bpc, lr, rate, budget, **extra) -> Progress:
+        return Progress(
+            event=event, step=self.step, epoch=self.epochs_done, train_loss=loss, val_bpc=val_bpc,
+            best_val_bpc=self.best_val_bpc, lr=lr, tokens_per_sec=rate, elapsed=budget.elapsed(),
+            fraction_done=budget.fraction(self), **extra,
+        )
+
+
+class _Budget:
+    """The limits of one invocation: steps, epochs, wall time, patience."""
+
+    def __init__(self, config: TrainConfig, step: int, epochs_done: float):
+        if config.steps is None and config.epochs is None and config.max_time is None:
+            from dataclasses import replace
+
+            config = replace(config, max_time=DEFAULT_MAX_TIME)
+        self.config, self.start_step, self.start_epochs = config, step, epochs_done
+        self.start = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def steps_done(self, trainer: Trainer) -> int:
+        return trainer.step - self.start_step
+
+    def fraction(self, trainer: Trainer) -> float | None:
+        c, parts = self.config, []
+        if c.steps:
+            parts.append(self.steps_done(trainer) / c.steps)
+        if c.max_time:
+            parts.append(self.elapsed() / c.max_time)
+        if c.epochs and c.epochs > self.start_epochs:
+            parts.append((trainer.epochs_done - self.start_epochs) / (c.epochs - self.start_epochs))
+        return min(1.0, max(parts)) if parts else None
+
+    def reason(self, trainer: Trainer) -> str | None:
+        c = self.config
+        if trainer.stop_requested:
+            return "interrupted"
+        if c.steps is not None and self.steps_done(trainer) >= c.steps:
+            return "steps"
+        if c.epochs is not None and trainer.epochs_done >= c.epochs:
+            return "epochs"
+        if c.max_time is not None and self.elapsed() >= c.max_time:
+            return "max-time"
+        if c.patience is not None and trainer.evals_since_best >= c.patience:
+            return "early-stop"
+        return None
+
+
+def prepare(
+    config: TrainConfig,
+    corpus_names: list[str],
+    store: ModelStore | None,
+    *,
+    resume: bool = False,
+    fine_tune: bool = False,
+    encoding_errors: str = "strict",
+    stdin=None,
+) -> Trainer:
+    """Everything before the first step: read the corpus, build or restore the run.
+
+    A new run builds the vocabulary from the corpus. ``resume`` continues the store's latest
+    checkpoint exactly, and refuses a different corpus (by its SHA-256) unless ``fine_tune``,
+    which keeps the model and its vocabulary and starts reading the new corpus from the top.
+    Raises ValueError (CorpusError, CheckpointError) with a one-line reason.
+    """
+    from charrnn.corpus import encode_cached, scan
+    from charrnn.data import split_train_val
+
+    config.validate()
+    ckpt = None
+    if resume or fine_tune:
+        if store is None:
+            raise ValueError("resuming needs a model store (--model)")
+        ckpt = store.load(prefer="latest")
+        saved = TrainConfig.from_dict(ckpt.meta.get("train_config", {}))
+        # the architecture and vocabulary come from the checkpoint, the run's limits from now
+        for name in ("cell", "hidden_size", "num_layers", "embedding_size", "dtype", "level", "min_count", "max_vocab"):
+            setattr(config, name, getattr(saved, name))
+        if not fine_tune:
+            for name in ("batch_size", "seq_len", "val_fraction", "seed"):
+                setattr(config, name, getattr(saved, name))
+    corpus = scan(corpus_names, config.level, encoding_errors, stdin=stdin)
+    if ckpt is not None:
+        tokenizer = ckpt.tokenizer
+        saved_hash = (ckpt.meta.get("corpus") or {}).get("sha256")
+        if not fine_tune and saved_hash != corpus.sha256:
+            raise ValueError(
+                "this corpus differs from the one the model was trained on (SHA-256 mismatch); "
+                "use --fine-tune to continue training on a new corpus"
+            )
+    else:
+        from charrnn.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer.from_counts(corpus.counts, config.level, config.min_count, config.max_vocab)
+    cache = store.directory / "cache" if store is not None else None
+    ids = encode_cached(corpus, tokenizer, cache)
+    train_ids, val_ids = split_train_val(ids, config.val_fraction)
+    model = ckpt.model if ckpt is not None else make_model(config, tokenizer.vocab_size)
+    trainer = Trainer(config, model, tokenizer, train_ids, val_ids, store=store, corpus=corpus.describe())
+    if ckpt is not None:
+        trainer.restore(ckpt, data_too=not fine_tune)
+    return trainer

@@ -1,0 +1,129 @@
+"""The training loop: progress records, exact resume, divergence, stopping, early stopping."""
+
+import numpy as np
+import pytest
+
+from charrnn.checkpoint import ModelStore, open_model
+from charrnn.train import DivergedError, TrainConfig, prepare
+
+from samples import CHINESE, ENGLISH
+
+TEXT = (ENGLISH + CHINESE) * 20
+
+
+def small_config(**kw):
+    base = dict(hidden_size=16, seq_len=8, batch_size=4, eval_every=5, save_every=5, lr=0.01, val_fraction=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    p = tmp_path / "corpus.txt"
+    p.write_text(TEXT, encoding="utf-8")
+    return str(p)
+
+
+def run(trainer):
+    return list(trainer.run())
+
+
+def test_run_yields_progress_and_saves(tmp_path, corpus):
+    store = ModelStore(tmp_path / "m")
+    trainer = prepare(small_config(steps=12), [corpus], store)
+    records = run(trainer)
+    events = [r.event for r in records]
+    assert events.count("step") == 12
+    assert events[-1] == "done" and records[-1].reason == "steps"
+    assert "eval" in events and "save" in events
+    assert all(r.train_loss > 0 for r in records if r.event == "step")
+    assert records[-1].val_bpc is not None
+    ckpt = open_model(tmp_path / "m", prefer="latest")
+    assert ckpt.step == 12
+    assert [h["step"] for h in ckpt.meta["history"]] == [5, 10, 12]
+    np.testing.assert_array_equal(ckpt.model.theta, trainer.model.theta)
+
+
+def test_training_lowers_the_loss(tmp_path, corpus):
+    trainer = prepare(small_config(steps=150, eval_every=50, save_every=0, hidden_size=32), [corpus], None)
+    records = [r for r in run(trainer) if r.event == "eval"]
+    assert records[-1].val_bpc < records[0].val_bpc < np.log2(trainer.tokenizer.vocab_size)
+
+
+@pytest.mark.parametrize("cfg", [dict(), dict(optimizer="adagrad", lr=0.1), dict(optimizer="sgd", lr=0.1)])
+def test_resume_is_exact(tmp_path, corpus, cfg):
+    # 2N steps in one run ...
+    cfg = dict(cfg, batch_size=16, seq_len=32)  # 7 chunks per epoch: the run wraps around twice
+    one = prepare(small_config(steps=14, **cfg), [corpus], ModelStore(tmp_path / "one"))
+    assert one.batches.num_chunks < 7 * 2
+    run(one)
+    # ... equal N steps, then N more after resuming from the store (the epoch wraps in between)
+    store = ModelStore(tmp_path / "two")
+    run(prepare(small_config(steps=7, **cfg), [corpus], store))
+    resumed = prepare(small_config(steps=7, **cfg), [corpus], ModelStore(tmp_path / "two"), resume=True)
+    assert resumed.step == 7
+    run(resumed)
+    np.testing.assert_array_equal(resumed.model.theta, one.model.theta)
+    np.testing.assert_array_equal(resumed.s, one.s)
+    assert [h["step"] for h in resumed.history] == [5, 7, 10, 14]
+
+
+def test_resume_refuses_another_corpus_unless_fine_tuning(tmp_path, corpus):
+    store = ModelStore(tmp_path / "m")
+    run(prepare(small_config(steps=3), [corpus], store))
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT[::-1], encoding="utf-8")
+    with pytest.raises(ValueError, match="--fine-tune"):
+        prepare(small_config(steps=3), [str(other)], store, resume=True)
+    tuned = prepare(small_config(steps=3), [str(other)], store, fine_tune=True)
+    assert tuned.step == 3 and tuned.chunk == 0
+    run(tuned)
+    assert open_model(tmp_path / "m", prefer="latest").step == 6
+
+
+def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path, corpus):
+    store = ModelStore(tmp_path / "m")
+    trainer = prepare(small_config(steps=5), [corpus], store)
+    run(trainer)
+    good = open_model(tmp_path / "m", prefer="latest")
+    trainer = prepare(small_config(steps=50), [corpus], store, resume=True)
+    trainer.model.W[0, 0] = np.nan
+    with pytest.raises(DivergedError, match="diverged at step 6.*--lr"):
+        run(trainer)
+    after = open_model(tmp_path / "m", prefer="latest")
+    assert after.step == good.step
+    np.testing.assert_array_equal(after.model.theta, good.model.theta)
+
+
+def test_stop_request_saves_and_ends(tmp_path, corpus):
+    trainer = prepare(small_config(steps=1000), [corpus], ModelStore(tmp_path / "m"))
+    records = []
+    for r in trainer.run():
+        records.append(r)
+        if r.event == "step" and r.step == 3:
+            trainer.stop_requested = True
+    assert records[-1].reason == "interrupted" and records[-1].step == 3
+    assert open_model(tmp_path / "m", prefer="latest").step == 3
+
+
+def test_early_stopping_on_patience(tmp_path, corpus):
+    trainer = prepare(small_config(steps=2000, lr=0.5, eval_every=2, patience=2, save_every=0), [corpus], None)
+    records = run(trainer)
+    assert records[-1].reason == "early-stop"
+    assert records[-1].step < 2000
+
+
+def test_time_and_epoch_limits(tmp_path, corpus):
+    t = prepare(small_config(epochs=1.0, eval_every=0, save_every=0), [corpus], None)
+    records = run(t)
+    assert records[-1].reason == "epochs" and t.step == t.batches.num_chunks
+    t = prepare(small_config(max_time=0.3, eval_every=0, save_every=0), [corpus], None)
+    records = run(t)
+    assert records[-1].reason == "max-time" and 0.3 <= records[-1].elapsed < 5
+
+
+def test_bad_config_is_refused(corpus):
+    with pytest.raises(ValueError, match="hidden-size must be positive"):
+        prepare(small_config(hidden_size=0), [corpus], None)
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        prepare(small_config(batch_size=1000, seq_len=100), [corpus], None)
