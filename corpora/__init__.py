@@ -1,0 +1,1 @@
+"""Small original corpora (English, Chinese) that ship with charrnn as package data."""
