@@ -27,7 +27,7 @@ def test_dynamic_evaluation_adapts_to_a_repeating_text(setup):
     dynamic = dynamic_evaluate(model, tok, ids, DynamicConfig(lr=1e-2, seq_len=20))
     assert dynamic["chars"] == static["chars"] == len(ids) - 1
     assert dynamic["dynamic_updates"] == int(np.ceil((len(ids) - 1) / 20))
-    assert dynamic["bits_per_char"] < 0.7 * static["bits_per_char"]
+    assert dynamic["bits_per_char"] < 0.8 * static["bits_per_char"]
 
 
 def test_each_chunk_is_scored_before_it_is_trained_on(setup):
