@@ -345,8 +345,8 @@ class LSTM(Stacked):
         da_r  = dh_t * tanh(m_t) * r_t (1 - r_t)
         dh_{t-1} += da_t W^T
 
-    The factors after dm_t and dh_t do not depend on the gradient, so they are computed for all
-    t at once before the loop. Initialization as in ``Stacked.initialize``: each of the four
+    The gate derivatives i (1 - i), ..., 1 - g^2 do not depend on the gradient, so they are
+    computed for all t at once before the loop. Initialization as in ``Stacked.initialize``: each of the four
     (H, H) blocks of W an independent random orthogonal matrix; b zero except the forget block,
     b_f = 1, so that the cell starts out remembering.
     """
@@ -391,39 +391,34 @@ class LSTM(Stacked):
         h, gate, m, tanh_m = cache  # gate (T, B, 4H) = [i | f | g | r]
         T, B, GH = gate.shape
         H = GH // 4
-        i, f, g, r = (gate[..., k * H : (k + 1) * H] for k in range(4))
-        # The local factors of every step at once: da_k = dm_t * P_k (k = i, f, g), da_r = dh_t * P_r.
-        P = np.empty_like(gate)
-        P_i, P_f, P_g, P_r = (P[..., k * H : (k + 1) * H] for k in range(4))
-        np.subtract(1.0, i, out=P_i)
-        P_i *= i
-        P_i *= g  # g_t * i_t (1 - i_t)
-        np.subtract(1.0, f, out=P_f)
-        P_f *= f
-        P_f *= m[:-1]  # m_{t-1} * f_t (1 - f_t)
-        np.multiply(g, g, out=P_g)
-        np.subtract(1.0, P_g, out=P_g)
-        P_g *= i  # i_t * (1 - g_t^2)
-        np.subtract(1.0, r, out=P_r)
-        P_r *= r
-        P_r *= tanh_m  # tanh(m_t) * r_t (1 - r_t)
+        # The gate derivatives of every step in two full passes: sigmoid' = s (1 - s) for i, f,
+        # r, then 1 - g^2 over the g block.
+        D = np.subtract(1.0, gate)
+        D *= gate
+        D_g = D[..., 2 * H : 3 * H]
+        np.multiply(gate[..., 2 * H : 3 * H], gate[..., 2 * H : 3 * H], out=D_g)
+        np.subtract(1.0, D_g, out=D_g)
         dm_dh = tanh_m * tanh_m
         np.subtract(1.0, dm_dh, out=dm_dh)
-        dm_dh *= r  # r_t * (1 - tanh(m_t)^2)
+        dm_dh *= gate[..., 3 * H :]  # r_t * (1 - tanh(m_t)^2), all t
         dA = np.empty_like(gate)
-        dA_ifg, P_ifg = dA.reshape(T, B, 4, H)[:, :, :3], P.reshape(T, B, 4, H)[:, :, :3]
         WT = np.ascontiguousarray(W.T)
         dm = np.empty((B, H), dtype=self.dtype)
+        tmp = np.empty((B, H), dtype=self.dtype)
         for t in range(T - 1, -1, -1):
-            dh_t = dh[t]
+            dh_t, G, dG = dh[t], gate[t], dA[t]  # dG: first d(i, f, g, r), then da_t in place
             if t < T - 1:
                 dh_t += dA[t + 1] @ WT  # dh_t += da_{t+1} W^T
-                dm *= f[t + 1]
-                dm += dh_t * dm_dh[t]  # dm_t = dh_t r_t (1 - tanh(m_t)^2) + dm_{t+1} f_{t+1}
+                dm *= gate[t + 1, :, H : 2 * H]
+                np.multiply(dh_t, dm_dh[t], out=tmp)
+                dm += tmp  # dm_t = dh_t r_t (1 - tanh(m_t)^2) + dm_{t+1} f_{t+1}
             else:
                 np.multiply(dh_t, dm_dh[t], out=dm)
-            np.multiply(dm[:, None, :], P_ifg[t], out=dA_ifg[t])  # da_i, da_f, da_g
-            np.multiply(dh_t, P_r[t], out=dA[t, :, 3 * H :])  # da_r
+            np.multiply(dm, G[:, 2 * H : 3 * H], out=dG[:, :H])  # di = dm_t g_t
+            np.multiply(dm, m[t], out=dG[:, H : 2 * H])  # df = dm_t m_{t-1}
+            np.multiply(dm, G[:, :H], out=dG[:, 2 * H : 3 * H])  # dg = dm_t i_t
+            np.multiply(dh_t, tanh_m[t], out=dG[:, 3 * H :])  # dr = dh_t tanh(m_t)
+            dG *= D[t]  # da_i, da_f, da_g, da_r
         return dA, dA
 
     def _layer_step(self, ax, s_l, W):
@@ -493,35 +488,33 @@ class GRU(Stacked):
         h, gate, w = cache  # gate (T, B, 3H) = [r | z | n]
         T, B, GH = gate.shape
         H = GH // 3
-        r, z, n = (gate[..., k * H : (k + 1) * H] for k in range(3))
-        # Local factors of every step at once: da_z, da_n = dh_t * (P_z, P_n); da_r = da_n * P_r.
-        P = np.empty_like(gate)
-        P_r, P_z, P_n = (P[..., k * H : (k + 1) * H] for k in range(3))
-        np.subtract(1.0, r, out=P_r)
-        P_r *= r
-        P_r *= w[..., 2 * H :]  # w_n * r_t (1 - r_t)
-        np.subtract(1.0, z, out=P_z)
-        P_z *= z
-        P_z *= h[:-1] - n  # (h_{t-1} - n_t) * z_t (1 - z_t)
-        np.multiply(n, n, out=P_n)
-        np.subtract(1.0, P_n, out=P_n)
-        P_n *= 1.0 - z  # (1 - z_t) * (1 - n_t^2)
+        # The gate derivatives of every step in two full passes: sigmoid' = s (1 - s) for r, z,
+        # then 1 - n^2 over the n block.
+        D = np.subtract(1.0, gate)
+        D *= gate
+        D_n = D[..., 2 * H :]
+        np.multiply(gate[..., 2 * H :], gate[..., 2 * H :], out=D_n)
+        np.subtract(1.0, D_n, out=D_n)
         dA = np.empty_like(gate)  # [da_r | da_z | da_n]
         dR = np.empty_like(gate)  # dw_t = [da_r | da_z | da_n * r_t]
-        dA_zn, P_zn = dA.reshape(T, B, 3, H)[:, :, 1:], P.reshape(T, B, 3, H)[:, :, 1:]
         WT = np.ascontiguousarray(W.T)
         dh_direct = np.empty((B, H), dtype=self.dtype)
         for t in range(T - 1, -1, -1):
-            dh_t = dh[t]
+            dh_t, G, dG = dh[t], gate[t], dA[t]
             if t < T - 1:
                 dh_t += dh_direct
                 dh_t += dR[t + 1] @ WT  # dh_t += dh_{t+1} z_{t+1} + dw_{t+1} W^T
-            np.multiply(dh_t[:, None, :], P_zn[t], out=dA_zn[t])  # da_z, da_n
-            da_n = dA[t, :, 2 * H :]
-            np.multiply(da_n, P_r[t], out=dA[t, :, :H])  # da_r
-            dR[t, :, : 2 * H] = dA[t, :, : 2 * H]
-            np.multiply(da_n, r[t], out=dR[t, :, 2 * H :])  # dw_n = da_n * r_t
-            np.multiply(dh_t, z[t], out=dh_direct)
+            np.subtract(h[t], G[:, 2 * H :], out=dG[:, H : 2 * H])
+            dG[:, H : 2 * H] *= dh_t  # dz = dh_t (h_{t-1} - n_t)
+            np.subtract(1.0, G[:, H : 2 * H], out=dG[:, 2 * H :])
+            dG[:, 2 * H :] *= dh_t  # dn = dh_t (1 - z_t)
+            dG[:, H:] *= D[t, :, H:]  # da_z, da_n
+            da_n = dG[:, 2 * H :]
+            np.multiply(da_n, w[t, :, 2 * H :], out=dG[:, :H])
+            dG[:, :H] *= D[t, :, :H]  # da_r = da_n w_n r_t (1 - r_t)
+            dR[t, :, : 2 * H] = dG[:, : 2 * H]
+            np.multiply(da_n, G[:, :H], out=dR[t, :, 2 * H :])  # dw_n = da_n r_t
+            np.multiply(dh_t, G[:, H : 2 * H], out=dh_direct)
         return dA, dR
 
     def _layer_step(self, ax, s_l, W):
