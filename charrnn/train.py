@@ -174,6 +174,12 @@ class Trainer:
     # loss (an MPI allreduce); and which of the batch's streams this process owns
     reduce_gradient: Callable[[np.ndarray, float], float] | None = None
     streams: slice = field(default_factory=lambda: slice(None))
+    # (charrnn.distributed sets these too) every process's reason to stop -> the one they all
+    # share, so that they end at the same step; every process's part of a checkpoint -> the whole
+    # checkpoint on the process that saves (None on the others); validation split among processes
+    agree_stop: Callable[[str | None], str | None] | None = None
+    gather_checkpoint: Callable[[Checkpoint], Checkpoint | None] | None = None
+    score_validation: Callable[[Model, np.ndarray, int, int], float] | None = None
 
     def __post_init__(self):
         c = self.config
@@ -228,10 +234,15 @@ class Trainer:
 
     def save(self) -> str | None:
         """Save to the store (if any); the latest validation result decides "best"."""
-        if self.store is None:
+        if self.store is None and self.gather_checkpoint is None:
+            return None
+        ckpt = self.checkpoint()
+        if self.gather_checkpoint is not None:  # collective: every process calls save
+            ckpt = self.gather_checkpoint(ckpt)
+        if self.store is None or ckpt is None:
             return None
         latest = self.history[-1].get("val_bpc") if self.history else None
-        return str(self.store.save(self.checkpoint(), val_bpc=latest))
+        return str(self.store.save(ckpt, val_bpc=latest))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -273,7 +284,8 @@ class Trainer:
 
     def validate(self) -> float:
         c = self.config
-        bpc = validation_bpc(self.model, self.val_ids, c.seq_len, c.eval_max_tokens)
+        score = self.score_validation or validation_bpc
+        bpc = score(self.model, self.val_ids, c.seq_len, c.eval_max_tokens)
         improved = self.best_val_bpc is None or bpc < self.best_val_bpc
         if improved:
             self.best_val_bpc, self.evals_since_best = bpc, 0
@@ -287,7 +299,7 @@ class Trainer:
         budget = _Budget(c, self.step, self.epochs_done)
         tokens_per_step = self.batches.batch_size * c.seq_len
         loss, lr, val_bpc, losses = None, 0.0, None, []
-        while (reason := budget.reason(self)) is None:
+        while (reason := self._stop_reason(budget)) is None:
             loss, lr = self.train_step()
             losses.append(loss)
             rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
@@ -307,6 +319,10 @@ class Trainer:
             if path:
                 yield self._progress("save", loss, val_bpc, lr, rate, budget, path=path)
         yield self._progress("done", loss, val_bpc, lr, rate, budget, reason=reason)
+
+    def _stop_reason(self, budget: _Budget) -> str | None:
+        reason = budget.reason(self)
+        return reason if self.agree_stop is None else self.agree_stop(reason)
 
     def _evaluate_and_record(self, mean_loss: float) -> float | None:
         record = {"step": self.step, "train_loss": round(mean_loss, 5)}
