@@ -1,0 +1,605 @@
+"""The ``charrnn`` command line: train, sample, evaluate, predict, info.
+
+A thin layer over the library. It is the only module that uses click, tqdm, standard input and
+standard output. Results go to stdout; progress, warnings and errors go to stderr. Exit codes:
+0 success (also when a reader such as ``head`` closes the pipe early), 1 a user mistake or a
+diverged run (one line on stderr, never a traceback), 2 a usage error, 130 interrupted (Ctrl-C).
+
+NumPy and the library are imported inside the commands, so ``--help`` and ``--version`` start
+instantly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from charrnn import __version__
+
+DEFAULT_MODEL = "charrnn-model"
+MODEL_ENV = "CHARRNN_MODEL"
+SPARKS = "▁▂▃▄▅▆▇█"
+
+# -- errors, pipes, interrupts ----------------------------------------------------------------
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null so the final flush at exit cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test runner's buffer)
+        pass
+
+
+class CharrnnGroup(click.Group):
+    """A click group that turns the library's errors into one line on stderr, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except BrokenPipeError:  # the reader went away (charrnn sample | head): a quiet exit
+            _silence_stdout()
+            raise click.exceptions.Exit(0) from None
+        except KeyboardInterrupt:
+            click.echo("charrnn: interrupted", err=True)
+            raise click.exceptions.Exit(130) from None
+        except (ValueError, OSError, RuntimeError, MemoryError) as error:
+            raise click.ClickException(_one_line(error)) from None
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.filename}: {error.strerror}"
+    if isinstance(error, MemoryError):
+        return "out of memory (try a smaller --batch-size, --seq-len or --hidden-size)"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def _warn(message: str) -> None:
+    click.echo(f"charrnn: warning: {message}", err=True)
+
+
+def model_option(fn):
+    """-m/--model, shared by every command."""
+    return click.option(
+        "-m",
+        "--model",
+        "model_path",
+        type=click.Path(path_type=Path),
+        default=DEFAULT_MODEL,
+        envvar=MODEL_ENV,
+        show_default=True,
+        show_envvar=True,
+        help="The model: a store directory (its best checkpoint, else the latest) or one checkpoint file.",
+    )(fn)
+
+
+def _open(model_path: Path, prefer: str = "best"):
+    from charrnn.checkpoint import open_model
+
+    return open_model(model_path, prefer)
+
+
+def _read_utf8(name: str) -> str:
+    """A whole file (``-``: standard input) as text; a one-line error with the byte offset if not UTF-8."""
+    if name == "-":
+        data = click.get_binary_stream("stdin").read()
+        where = "standard input"
+    else:
+        try:
+            data = Path(name).read_bytes()
+        except FileNotFoundError:
+            raise click.ClickException(f"file not found: {name}") from None
+        except IsADirectoryError:
+            raise click.ClickException(f"{name} is a directory, not a file") from None
+        where = name
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise click.ClickException(f"{where} is not valid UTF-8 (byte offset {e.start})") from None
+
+
+def _quote(text: str) -> str:
+    """Text in double quotes with escapes (JSON string syntax), so spaces and newlines show."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _show(token: str) -> str:
+    """A token made visible on one line: newline, tab, space and other controls escaped."""
+    return token.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+# -- the group ------------------------------------------------------------------------------------
+
+
+@click.group(cls=CharrnnGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="charrnn")
+def cli():
+    """Train a recurrent neural network on any UTF-8 text, then sample, score and autocomplete.
+
+    \b
+      charrnn train book.txt --max-time 600      # train (Ctrl-C saves and stops)
+      charrnn sample --seed "我喜欢" -n 200       # continue a prompt
+      charrnn evaluate test.txt                  # bits per character on new text
+      echo "我喜欢" | charrnn predict --chars 2   # the likely next characters
+      charrnn info                               # what the model is and how it trained
+
+    Every command reads the model from -m/--model (default: ./charrnn-model, or $CHARRNN_MODEL).
+    """
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+# (option, TrainConfig field) pairs whose defaults the help texts state; tests check them.
+TRAIN_FIELDS = {
+    "cell": "cell",
+    "hidden_size": "hidden_size",
+    "layers": "num_layers",
+    "embedding_size": "embedding_size",
+    "dropout": "dropout",
+    "dtype": "dtype",
+    "level": "level",
+    "min_count": "min_count",
+    "max_vocab": "max_vocab",
+    "seq_len": "seq_len",
+    "batch_size": "batch_size",
+    "optimizer": "optimizer",
+    "lr": "lr",
+    "schedule": "schedule",
+    "warmup_steps": "warmup_steps",
+    "weight_decay": "weight_decay",
+    "clip": "clip",
+    "steps": "steps",
+    "epochs": "epochs",
+    "max_time": "max_time",
+    "patience": "patience",
+    "val_fraction": "val_fraction",
+    "eval_every": "eval_every",
+    "save_every": "save_every",
+    "keep": "keep",
+    "random_seed": "seed",
+}
+POSITIVE_INT = click.IntRange(min=1)
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, type=str)
+@model_option
+@click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell.  [default: rnn]")
+@click.option("--hidden-size", type=POSITIVE_INT, help="Units per layer, H.  [default: 256]")
+@click.option("--layers", type=POSITIVE_INT, help="Stacked recurrent layers.  [default: 1]")
+@click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
+@click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
+@click.option("--min-count", type=POSITIVE_INT, help="Rarer tokens become unknown.  [default: 1]")
+@click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")
+@click.option("--seq-len", type=POSITIVE_INT, help="BPTT length in tokens, T.  [default: 64]")
+@click.option("--batch-size", type=POSITIVE_INT, help="Parallel streams, B.  [default: 32]")
+@click.option("--optimizer", type=click.Choice(["adam", "adagrad", "sgd"]), help="[default: adam]")
+@click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate.  [default: 0.002]")
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "exponential"]), help="[default: constant]")
+@click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warm-up steps.  [default: 0]")
+@click.option("--weight-decay", type=click.FloatRange(min=0), help="Decoupled weight decay.  [default: 0.0]")
+@click.option("--clip", type=click.FloatRange(min=0), help="Max gradient norm, 0 = off.  [default: 5.0]")
+@click.option("--steps", type=POSITIVE_INT, help="Stop after this many steps (in this run).")
+@click.option("--epochs", type=POSITIVE_FLOAT, help="Stop after this many passes over the corpus (in all).")
+@click.option("--max-time", type=POSITIVE_FLOAT, help="Stop after this many seconds (600 if no limit is given).")
+@click.option("--patience", type=POSITIVE_INT, help="Stop after this many validations without improvement.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="Held-out tail.  [default: 0.1]")
+@click.option("--eval-every", type=click.IntRange(min=0), help="Steps between validations.  [default: 200]")
+@click.option("--save-every", type=click.IntRange(min=0), help="Steps between checkpoints.  [default: 500]")
+@click.option("--keep", type=POSITIVE_INT, help="Checkpoints kept besides the best.  [default: 3]")
+@click.option("--random-seed", type=click.IntRange(min=0), help="Initialization and data order.  [default: 0]")
+@click.option("--resume", is_flag=True, help="Continue the model's latest checkpoint on the same corpus.")
+@click.option("--fine-tune", is_flag=True, help="Continue training the model on a different corpus.")
+@click.option("--overwrite", is_flag=True, help="Delete the checkpoints already in the store and start afresh.")
+@click.option("--threads", type=POSITIVE_INT, help="BLAS threads (default: $OPENBLAS_NUM_THREADS, else 1).")
+@click.option(
+    "--encoding-errors",
+    type=click.Choice(["strict", "replace", "ignore"]),
+    default="strict",
+    show_default=True,
+    help="What to do with bytes that are not UTF-8.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_errors, quiet, **options):
+    """Train a model on CORPUS files (- for standard input; none: the bundled English corpus).
+
+    Progress goes to stderr. Ctrl-C finishes the current step, saves and exits with status 130.
+    """
+    from charrnn.checkpoint import ModelStore
+    from charrnn.corpus import default_corpus_path
+    from charrnn.threads import default_threads, set_threads
+    from charrnn.train import TrainConfig, prepare
+
+    if resume and fine_tune:
+        raise click.UsageError("--resume and --fine-tune exclude each other (--fine-tune also resumes)")
+    if overwrite and (resume or fine_tune):
+        raise click.UsageError("--overwrite starts afresh: it cannot go with --resume or --fine-tune")
+    if model_path.exists() and not model_path.is_dir():
+        raise click.ClickException(f"{model_path} is a file; train needs a store directory for -m/--model")
+    store = ModelStore(model_path)
+    names = list(corpus) or [str(default_corpus_path())]
+    values = {TRAIN_FIELDS[k]: v for k, v in options.items() if v is not None}
+    if resume or fine_tune:  # the saved run's settings, then what this command line changes
+        values = {**_saved_settings(store), **values}
+    config = TrainConfig(**values)
+    created = not model_path.exists()
+    store.lock()
+    try:
+        existing = store.checkpoints()
+        if existing and not (resume or fine_tune or overwrite):
+            raise click.ClickException(
+                f"{model_path} already holds a model; use --resume to continue it, --fine-tune to train it "
+                "on a new corpus, --overwrite to start afresh, or another -m/--model"
+            )
+        if overwrite:
+            for path in existing:
+                path.unlink(missing_ok=True)
+            (model_path / "store.json").unlink(missing_ok=True)
+        trainer = prepare(
+            config,
+            names,
+            store,
+            resume=resume,
+            fine_tune=fine_tune,
+            encoding_errors=encoding_errors,
+            stdin=click.get_binary_stream("stdin") if "-" in names else None,
+        )
+        set_threads(threads or default_threads(trainer.config.hidden_size, trainer.config.batch_size))
+        _run_training(trainer, quiet)
+    except BaseException:
+        if created and not store.checkpoints():  # a failed first run leaves no empty store behind
+            store.unlock()
+            shutil.rmtree(model_path, ignore_errors=True)
+        raise
+    finally:
+        store.unlock()
+
+
+RUN_LIMITS = ("steps", "epochs", "max_time", "patience")  # per invocation: never inherited
+
+
+def _saved_settings(store) -> dict:
+    """The training settings of the store's latest checkpoint, without its run-length limits."""
+    from charrnn.train import TrainConfig
+
+    saved = store.load(prefer="latest").meta.get("train_config") or {}
+    return {k: v for k, v in TrainConfig.from_dict(saved).__dict__.items() if k not in RUN_LIMITS}
+
+
+def _run_training(trainer, quiet: bool) -> None:
+    """Drive ``trainer.run()``, showing progress on stderr; Ctrl-C and SIGTERM stop it cleanly."""
+    import numpy as np
+
+    from charrnn.train import DivergedError
+
+    c = trainer.config
+    bar = None
+    if not quiet and sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=1000, file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:20}| {desc} [{elapsed}<{remaining}]")
+
+    def request_stop(signum, frame):
+        trainer.stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _describe_run(trainer, quiet)  # after the handlers: from here on, Ctrl-C saves
+    last = saved = None
+    try:
+        # overflow on the way to a NaN is reported once, as a divergence, not as NumPy warnings
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            for record in trainer.run():
+                last = record
+                if record.event == "save":
+                    saved = record
+                if bar is not None:
+                    _update_bar(bar, record)
+                elif not quiet and record.event == "eval":
+                    click.echo(_progress_line(record), err=True)
+    except DivergedError as error:
+        kept = trainer.store.checkpoints() if trainer.store else []
+        raise click.ClickException(
+            f"{error}" + (f"; the last good checkpoint is kept: {kept[-1]}" if kept else "; nothing was saved")
+        ) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if bar is not None:
+            bar.close()
+    if last is None:
+        return
+    where = f"; saved {saved.path}" if saved is not None and saved.path else ""
+    if not quiet or last.reason == "interrupted":
+        val = f", validation {last.val_bpc:.4f} bits/{c.level}" if last.val_bpc is not None else ""
+        click.echo(f"charrnn: stopped ({last.reason}) at step {last.step}{val}{where}", err=True)
+    if last.reason == "interrupted":
+        raise click.exceptions.Exit(130)
+
+
+def _describe_run(trainer, quiet: bool) -> None:
+    if quiet:
+        return
+    c, m = trainer.config, trainer.model
+    click.echo(
+        f"charrnn: {c.cell} x{c.num_layers}, hidden {c.hidden_size}, {m.num_params:,} parameters; "
+        f"vocabulary {trainer.tokenizer.vocab_size:,} {c.level}s; {len(trainer.train_ids):,} training and "
+        f"{len(trainer.val_ids):,} validation tokens; starting at step {trainer.step}",
+        err=True,
+    )
+
+
+def _progress_line(r) -> str:
+    val = f"  val {r.val_bpc:.4f} bpc" if r.val_bpc is not None else ""
+    return f"step {r.step:>7}  loss {r.train_loss:.4f} nats{val}  {r.tokens_per_sec:,.0f} chars/s  {r.elapsed:.0f}s"
+
+
+def _update_bar(bar, r) -> None:
+    val = f" val {r.val_bpc:.3f} bpc" if r.val_bpc is not None else ""
+    loss = f" loss {r.train_loss:.3f}" if r.train_loss is not None else ""
+    bar.set_description_str(f"step {r.step}{loss}{val} {r.tokens_per_sec:,.0f} chars/s", refresh=False)
+    if r.fraction_done is not None:
+        bar.update(int(r.fraction_done * 1000) - bar.n)
+
+
+# -- sample ---------------------------------------------------------------------------------------
+
+
+@cli.command()
+@model_option
+@click.option("--seed", "seed_text", type=str, help="The prompt to continue (default: none).")
+@click.option("--seed-file", type=str, help="Read the prompt from a file (- for standard input).")
+@click.option("-n", "--length", type=click.IntRange(min=0), default=500, show_default=True, help="Tokens to generate.")
+@click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Below 1 is safer, above 1 wilder, 0 greedy.")
+@click.option("--top-k", type=POSITIVE_INT, help="Sample only among the k most probable tokens.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Sample only among the most probable tokens holding this mass.")
+@click.option("--greedy", is_flag=True, help="Always take the most probable token.")
+@click.option("--random-seed", type=click.IntRange(min=0), help="Make the output reproducible.")
+@click.option("--num-samples", type=POSITIVE_INT, default=1, show_default=True, help="Samples, drawn in parallel, separated by a blank line.")
+@click.option("--stop", type=str, help="End a sample when it produces this string (printed).")
+@click.option("--unknown", type=click.Choice(["replace", "skip", "error"]), default="replace", show_default=True, help="Prompt tokens outside the vocabulary: read as unknown, drop, or refuse.")
+def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, greedy, random_seed, num_samples, stop, unknown):
+    """Generate text, streamed to stdout as it is drawn.
+
+    The prompt is not repeated in the output. Each sample ends with a newline.
+    """
+    from charrnn.sampling import generate_many, unknown_prompt_tokens
+
+    if seed_text is not None and seed_file is not None:
+        raise click.UsageError("give --seed or --seed-file, not both")
+    if stop == "":
+        raise click.BadParameter("must not be empty", param_hint="--stop")
+    prompt = _read_utf8(seed_file) if seed_file is not None else (seed_text or "")
+    ckpt = _open(model_path)
+    tok = ckpt.tokenizer
+    if unknown == "replace":
+        missing = unknown_prompt_tokens(tok, prompt)
+        if missing:
+            shown = " ".join(repr(t) for t in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            _warn(f"{len(missing)} prompt {tok.level}(s) not in the vocabulary, read as unknown: {shown}")
+    steps = generate_many(
+        ckpt.model, tok, prompt, length, num_samples,
+        temperature=temperature, top_k=top_k, top_p=top_p, greedy=greedy,
+        rng=random_seed, stop=stop, unknown=unknown,
+    )
+    others = [[] for _ in range(num_samples - 1)]  # samples 2.. are printed once all are drawn
+    last = ""
+    for pieces in steps:
+        if pieces[0]:
+            click.echo(pieces[0], nl=False)  # click flushes after each write: a live stream
+            last = pieces[0]
+        for buf, piece in zip(others, pieces[1:]):
+            buf.append(piece)
+    if not last.endswith("\n"):
+        click.echo()
+    for buf in others:
+        text = "".join(buf)
+        click.echo("\n" + text + ("" if text.endswith("\n") else "\n"), nl=False)
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=str)
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--num-streams", type=POSITIVE_INT, default=64, show_default=True, help="Parallel streams the text is cut into.")
+@click.option(
+    "--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True,
+    help="What to do with bytes that are not UTF-8.",
+)
+def evaluate(files, model_path, as_json, num_streams, encoding_errors):
+    """Score the model on FILES (- for standard input): loss, bits per character, perplexity, accuracy.
+
+    The first character is not scored (nothing precedes it). Characters outside the vocabulary are
+    scored as the unknown token and counted under "unknown".
+    """
+    from charrnn.corpus import encode_cached, scan
+    from charrnn.evaluate import evaluate as score
+
+    ckpt = _open(model_path)
+    tok = ckpt.tokenizer
+    corpus = scan(
+        list(files), tok.level, encoding_errors,
+        stdin=click.get_binary_stream("stdin") if "-" in files else None,
+    )
+    ids = encode_cached(corpus, tok, None)
+    result = score(ckpt.model, tok, ids, num_streams=num_streams)
+    unit = tok.level
+    if as_json:
+        out = {**result, "files": list(files), "checkpoint": str(ckpt.path), "level": unit}
+        click.echo(json.dumps(out, ensure_ascii=False))
+        return
+    rows = [
+        ("loss", f"{result['loss_nats']:.4f} nats/{unit}"),
+        (f"bits/{unit}", f"{result['bits_per_char']:.4f}"),
+        ("perplexity", f"{result['perplexity']:.3f}"),
+        ("top-1", f"{100 * result['accuracy_top1']:.2f}%"),
+        ("top-5", f"{100 * result['accuracy_top5']:.2f}%"),
+        (f"{unit}s", f"{result['chars']:,} scored"),
+        ("unknown", f"{result['unknown_chars']:,}"),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<11} {value}")
+
+
+# -- predict --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@model_option
+@click.option("--text", type=str, help="The text to continue (default: each line of standard input).")
+@click.option("--top", type=POSITIVE_INT, default=5, show_default=True, help="Candidates per input.")
+@click.option("--chars", type=POSITIVE_INT, default=1, show_default=True, help="Tokens per candidate (beam search above 1).")
+@click.option("--beam-width", type=POSITIVE_INT, help="Paths kept by the beam search (default: max(top, 16)).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
+def predict(model_path, text, top, chars, beam_width, as_json):
+    """The most probable continuations of a text, with their probabilities.
+
+    With standard input, every line is one text (without its newline) and gets its answer as soon
+    as it is read: a backend for autocompletion. Probabilities are the model's own: for several
+    tokens, the product along the path.
+    """
+    from charrnn.sampling import beam_search, next_candidates
+
+    if beam_width is not None and beam_width < top:
+        raise click.BadParameter(f"must be at least --top ({top})", param_hint="--beam-width")
+    ckpt = _open(model_path)
+
+    def answer(line: str) -> None:
+        if chars == 1:
+            cands = next_candidates(ckpt.model, ckpt.tokenizer, line, top=top)
+        else:
+            cands = beam_search(ckpt.model, ckpt.tokenizer, line, chars=chars, beam_width=beam_width, top=top)
+        if as_json:
+            out = {"input": line, "candidates": [{"text": t, "prob": p} for t, p in cands]}
+            click.echo(json.dumps(out, ensure_ascii=False))
+            return
+        click.echo(_quote(line))
+        for t, p in cands:
+            click.echo(f"  {p:.4f}  {_quote(t)}")
+
+    if text is not None:
+        answer(text)
+        return
+    stdin = click.get_binary_stream("stdin")
+    if stdin.isatty():
+        click.echo("charrnn: reading lines to continue from the terminal; Ctrl-D ends", err=True)
+    for number, raw in enumerate(iter(stdin.readline, b""), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise click.ClickException(f"standard input line {number} is not valid UTF-8 (byte {e.start} of the line)") from None
+        answer(line.removesuffix("\n").removesuffix("\r"))
+
+
+# -- info -----------------------------------------------------------------------------------------
+
+
+def sparkline(values: list[float], width: int = 60) -> str:
+    """Values as a line of block characters, low to high; more than ``width`` values are averaged."""
+    if not values:
+        return ""
+    if len(values) > width:  # average into width buckets
+        edges = [round(i * len(values) / width) for i in range(width + 1)]
+        values = [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
+    lo, hi = min(values), max(values)
+    if hi == lo:
+        return SPARKS[0] * len(values)
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / (hi - lo) * len(SPARKS)))] for v in values)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"  # pragma: no cover
+
+
+@cli.command()
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+def info(model_path, as_json):
+    """What the model is, what it was trained on, and how training went."""
+    from charrnn.checkpoint import ModelStore
+
+    ckpt = _open(model_path)
+    meta, model, tok = ckpt.meta, ckpt.model, ckpt.tokenizer
+    config = model.config()
+    history = meta.get("history") or []
+    curve = [(h["step"], h["val_bpc"]) for h in history if h.get("val_bpc") is not None]
+    corpus = meta.get("corpus") or {}
+    store = ModelStore(model_path) if model_path.is_dir() else None
+    index = store.index() if store else {}
+    val_at = dict(curve)
+    listing = []
+    for path in store.checkpoints() if store else []:
+        step = int(path.stem.split("-")[1])
+        marks = [k for k in ("best", "latest") if index.get(k) == path.name]
+        listing.append({"file": path.name, "step": step, "bytes": path.stat().st_size, "val_bpc": val_at.get(step), "marks": marks})
+    vocab = tok.tokens[1:]
+    summary = {
+        "checkpoint": str(ckpt.path),
+        "model": config,
+        "dtype": model.dtype.name,
+        "params": model.num_params,
+        "param_bytes": model.num_params * model.dtype.itemsize,
+        "file_bytes": ckpt.path.stat().st_size if ckpt.path else None,
+        "level": tok.level,
+        "vocab_size": tok.vocab_size,
+        "step": ckpt.step,
+        "corpus": corpus,
+        "best_val_bpc": meta.get("best_val_bpc"),
+        "val_curve": [{"step": s, "val_bpc": v} for s, v in curve],
+        "checkpoints": listing,
+    }
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+        return
+    layers = config.get("num_layers", 1)
+    preview_sep = " " if tok.level == "word" else ""
+    preview = preview_sep.join(_show(t) for t in vocab[:60]) + (" ..." if len(vocab) > 60 else "")
+    lines = [
+        ("checkpoint", f"{ckpt.path}"),
+        ("model", f"{config.get('cell', 'rnn')}, {layers} layer{'s' if layers != 1 else ''} of {config['hidden_size']} units, {model.dtype.name}"),
+        ("size", f"{model.num_params:,} parameters ({_size(summary['param_bytes'])}); file {_size(summary['file_bytes'] or 0)}"),
+        ("vocabulary", f"{tok.vocab_size:,} {tok.level}s (the unknown one included): {preview}"),
+        ("trained", f"{ckpt.step:,} steps"),
+    ]
+    if corpus:
+        names = ", ".join(Path(n).name if n != "-" else "stdin" for n in corpus.get("names", []))
+        lines.append(("corpus", f"{names}: {corpus.get('bytes', 0):,} bytes, {corpus.get('chars', 0):,} chars, sha256 {str(corpus.get('sha256', ''))[:16]}"))
+    best = meta.get("best_val_bpc")
+    if best is not None:
+        lines.append(("best val", f"{best:.4f} bits/{tok.level}"))
+    if curve:
+        values = [v for _, v in curve]
+        lines.append(("val curve", f"{sparkline(values)}  {values[0]:.3f} -> {values[-1]:.3f} bits/{tok.level} over {len(values)} validations"))
+    for name, value in lines:
+        click.echo(f"{name:<11} {value}")
+    if listing:
+        click.echo(f"checkpoints in {model_path}:")
+        for item in listing:
+            val = f"val {item['val_bpc']:.4f}" if item["val_bpc"] is not None else "val -"
+            click.echo(f"  {item['file']}  step {item['step']:>8,}  {val}  {_size(item['bytes']):>9}  {' '.join(item['marks'])}".rstrip())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The console script: ``charrnn`` (and ``python -m charrnn``)."""
+    cli.main(args=argv, prog_name="charrnn")
