@@ -163,8 +163,8 @@ class Stacked(Model):
 
     def _dropout_mask(self, rng: np.random.Generator, shape) -> np.ndarray:
         """mask / (1 - p) with mask ~ Bernoulli(1 - p): inverted dropout, E[drop(h)] = h."""
-        keep = rng.random(shape, dtype=self.dtype) >= self.dropout
-        return keep * self.dtype.type(1.0 / (1.0 - self.dropout))
+        u = rng.random(shape, dtype=self.dtype)
+        return np.multiply(u >= self.dropout, self.dtype.type(1.0 / (1.0 - self.dropout)), out=u)
 
     def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
         """Run T steps. inputs (B, T) ints, s0 (B, S) -> p (T*B, K) time-major, cache, s_T (B, S).
