@@ -180,6 +180,7 @@ class Trainer:
     agree_stop: Callable[[str | None], str | None] | None = None
     gather_checkpoint: Callable[[Checkpoint], Checkpoint | None] | None = None
     score_validation: Callable[[Model, np.ndarray, int, int], float] | None = None
+    restored_meta: dict | None = field(default=None, repr=False)  # of the checkpoint restored
 
     def __post_init__(self):
         c = self.config
@@ -214,7 +215,7 @@ class Trainer:
     def restore(self, ckpt: Checkpoint, data_too: bool = True) -> None:
         """Continue from ``ckpt``: weights, optimizer, RNG, history; and cursor and state if
         ``data_too`` (False for fine-tuning on another corpus)."""
-        meta = ckpt.meta
+        meta = self.restored_meta = ckpt.meta
         self.model.theta[...] = ckpt.model.theta
         opt = dict(meta["optimizer"])
         opt["buffers"] = {k.split(".", 1)[1]: v for k, v in ckpt.arrays.items() if k.startswith("optimizer.")}
