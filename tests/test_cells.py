@@ -5,6 +5,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charrnn.cells import CELLS, GRU, LSTM, MODELS, StackedRNN, build_model
 from charrnn.model import RNN
@@ -92,6 +94,29 @@ def test_chunked_forward_equals_one_long_forward(cell):
     logp_b, s_end = m.log_probs(inputs[:, 3:], s_mid)
     np.testing.assert_allclose(np.concatenate([logp_a, logp_b], 1), logp_all, rtol=1e-12)
     np.testing.assert_allclose(s_end, s_all, rtol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cell=st.sampled_from(CELLS),
+    num_layers=st.integers(1, 3),
+    embedding_size=st.none() | st.integers(1, 4),
+    B=st.integers(1, 3),
+    T=st.integers(1, 7),
+    data=st.data(),
+)
+def test_any_split_into_chunks_gives_the_same_forward(cell, num_layers, embedding_size, B, T, data):
+    m, inputs, _, s0 = make_problem(cell, num_layers, embedding_size, dropout=0.3, B=B, T=T, H=4)
+    cut = data.draw(st.integers(0, T), label="cut")
+    logp, s_all = m.log_probs(inputs, s0)
+    s = s0
+    if cut > 0:
+        logp_a, s = m.log_probs(inputs[:, :cut], s0)
+        np.testing.assert_allclose(logp_a, logp[:, :cut], rtol=1e-11, atol=1e-13)
+    if cut < T:
+        logp_b, s = m.log_probs(inputs[:, cut:], s)
+        np.testing.assert_allclose(logp_b, logp[:, cut:], rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(s, s_all, rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize("cell", CELLS)
