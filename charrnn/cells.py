@@ -106,15 +106,16 @@ class Stacked(Model):
         self.embedding_size = (  # E, or None: layer 1 looks up rows of U1 directly
             None if embedding_size is None else _positive_int("embedding_size", embedding_size)
         )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        is_number = isinstance(dropout, (int, float, np.floating)) and not isinstance(dropout, bool)
+        if not is_number or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)  # p, the probability of zeroing a unit, training only
         self.seed = int(seed)
         K, H, E, GH = self.vocab_size, self.hidden_size, self.embedding_size, self.gates * self.hidden_size
         shapes = {} if E is None else {"Emb": (K, E)}
         for l in range(1, self.num_layers + 1):
-            fan_in = H if l > 1 else (K if E is None else E)
-            shapes.update({f"U{l}": (fan_in, GH), f"W{l}": (H, GH), f"b{l}": (GH,)})
+            rows = H if l > 1 else (K if E is None else E)
+            shapes.update({f"U{l}": (rows, GH), f"W{l}": (H, GH), f"b{l}": (GH,)})
         shapes.update({"V": (H, K), "c": (K,)})
         self.shapes = shapes
         self._allocate(dtype)
@@ -162,7 +163,7 @@ class Stacked(Model):
         return np.zeros(self.gates * self.hidden_size)
 
     def _dropout_mask(self, rng: np.random.Generator, shape) -> np.ndarray:
-        """mask / (1 - p) with mask ~ Bernoulli(1 - p): inverted dropout, E[drop(h)] = h."""
+        """mask / (1 - p) with mask ~ Bernoulli(1 - p), one array (inverted dropout: E[drop(h)] = h)."""
         u = rng.random(shape, dtype=self.dtype)
         return np.multiply(u >= self.dropout, self.dtype.type(1.0 / (1.0 - self.dropout)), out=u)
 
