@@ -28,6 +28,7 @@ import json
 import os
 import re
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,13 +103,25 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
     meta_bytes = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
     members = {"meta.json": np.frombuffer(meta_bytes, dtype=np.uint8), "theta": ckpt.model.theta}
     members.update(ckpt.arrays)
+    with atomic_file(path, "wb") as f:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            for name, array in members.items():
+                with zf.open(name + ".npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+    return path
+
+
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb", **kwargs):
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
+
+    On any failure (a full disk, Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
-                for name, array in members.items():
-                    with zf.open(name + ".npy", "w", force_zip64=True) as member:
-                        np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+        with open(tmp, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,7 +129,6 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
-    return path
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -134,18 +146,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def write_json_atomic(path: Path, obj) -> None:
     """Write a small JSON file atomically (temporary file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, ensure_ascii=False, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, ensure_ascii=False, indent=1)
 
 
 # -- reading ------------------------------------------------------------------------------------

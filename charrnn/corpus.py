@@ -15,7 +15,6 @@ import codecs
 import hashlib
 import io
 import json
-import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn.checkpoint import atomic_file
 from charrnn.tokenizer import Tokenizer, count_tokens
 
 CHUNK_BYTES = 8 << 20  # read and encode 8 MiB at a time
@@ -213,16 +213,9 @@ def encode_cached(corpus: Corpus, tokenizer: Tokenizer, cache_dir: Path | None) 
     path = Path(cache_dir) / f"ids-{corpus.sha256[:16]}-{vocab_hash[:12]}.{dtype.name}"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                for text in corpus.texts():
-                    f.write(tokenizer.encode(text).astype(dtype).tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_file(path, "wb") as f:
+            for text in corpus.texts():
+                f.write(tokenizer.encode(text).astype(dtype).tobytes())
     if path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r")
