@@ -187,9 +187,9 @@ POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 @click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")
 @click.option("--seq-len", type=POSITIVE_INT, help="BPTT length in tokens, T.  [default: 64]")
 @click.option("--batch-size", type=POSITIVE_INT, help="Parallel streams, B.  [default: 32]")
-@click.option("--optimizer", type=click.Choice(["adam", "adagrad", "sgd"]), help="[default: adam]")
+@click.option("--optimizer", type=click.Choice(["adam", "adagrad", "sgd"]), help="Update rule.  [default: adam]")
 @click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate.  [default: 0.002]")
-@click.option("--schedule", type=click.Choice(["constant", "cosine", "exponential"]), help="[default: constant]")
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "exponential"]), help="Learning-rate schedule.  [default: constant]")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warm-up steps.  [default: 0]")
 @click.option("--weight-decay", type=click.FloatRange(min=0), help="Decoupled weight decay.  [default: 0.0]")
 @click.option("--clip", type=click.FloatRange(min=0), help="Max gradient norm, 0 = off.  [default: 5.0]")
@@ -202,7 +202,7 @@ POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 @click.option("--save-every", type=click.IntRange(min=0), help="Steps between checkpoints.  [default: 500]")
 @click.option("--keep", type=POSITIVE_INT, help="Checkpoints kept besides the best.  [default: 3]")
 @click.option("--random-seed", type=click.IntRange(min=0), help="Initialization and data order.  [default: 0]")
-@click.option("--resume", is_flag=True, help="Continue the model's latest checkpoint on the same corpus.")
+@click.option("--resume", is_flag=True, help="Continue the latest checkpoint on the same corpus, with its settings unless given again.")
 @click.option("--fine-tune", is_flag=True, help="Continue training the model on a different corpus.")
 @click.option("--overwrite", is_flag=True, help="Delete the checkpoints already in the store and start afresh.")
 @click.option("--threads", type=POSITIVE_INT, help="BLAS threads (default: $OPENBLAS_NUM_THREADS, else 1).")
@@ -218,6 +218,8 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_er
     """Train a model on CORPUS files (- for standard input; none: the bundled English corpus).
 
     Progress goes to stderr. Ctrl-C finishes the current step, saves and exits with status 130.
+    With --resume or --fine-tune, the saved run's settings apply except those given again; the
+    limits (--steps, --epochs, --max-time, --patience) count from this invocation.
     """
     from charrnn.checkpoint import ModelStore
     from charrnn.corpus import default_corpus_path
@@ -423,11 +425,14 @@ def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, 
     "--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True,
     help="What to do with bytes that are not UTF-8.",
 )
-def evaluate(files, model_path, as_json, num_streams, encoding_errors):
+@click.option("--dynamic", is_flag=True, help="Dynamic evaluation: learn from each chunk once it is scored.")
+@click.option("--dynamic-lr", type=POSITIVE_FLOAT, help="Step size of dynamic evaluation.  [default: 0.0001]")
+def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, dynamic_lr):
     """Score the model on FILES (- for standard input): loss, bits per character, perplexity, accuracy.
 
     The first character is not scored (nothing precedes it). Characters outside the vocabulary are
-    scored as the unknown token and counted under "unknown".
+    scored as the unknown token and counted under "unknown". With --dynamic the model keeps
+    learning from the text as it reads it (each chunk is scored before it is learned from).
     """
     from charrnn.corpus import encode_cached, scan
     from charrnn.evaluate import evaluate as score
@@ -439,8 +444,19 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors):
         stdin=click.get_binary_stream("stdin") if "-" in files else None,
     )
     ids = encode_cached(corpus, tok, None)
-    result = score(ckpt.model, tok, ids, num_streams=num_streams)
+    if dynamic:
+        from charrnn.dynamic import DynamicConfig, dynamic_evaluate
+
+        config = DynamicConfig() if dynamic_lr is None else DynamicConfig(lr=dynamic_lr)
+        result = dynamic_evaluate(ckpt.model, tok, ids, config)  # one stream, read front to back
+    elif dynamic_lr is not None:
+        raise click.UsageError("--dynamic-lr needs --dynamic")
+    else:
+        result = score(ckpt.model, tok, ids, num_streams=num_streams)
     unit = tok.level
+    if result["unknown_chars"]:
+        share = 100 * result["unknown_chars"] / result["chars"]
+        _warn(f"{result['unknown_chars']:,} scored {unit}s ({share:.1f}%) are not in the vocabulary; they count as the unknown token")
     if as_json:
         out = {**result, "files": list(files), "checkpoint": str(ckpt.path), "level": unit}
         click.echo(json.dumps(out, ensure_ascii=False))

@@ -272,12 +272,25 @@ def test_evaluate_table_and_json(trained):
     assert json.loads(piped.stdout)["loss_nats"] == pytest.approx(data["loss_nats"])
 
 
+def test_evaluate_dynamic(trained):
+    store, corpus = trained
+    static = json.loads(invoke("evaluate", "-m", store, corpus, "--json", "--num-streams", "1").stdout)
+    result = invoke("evaluate", "-m", store, corpus, "--json", "--dynamic", "--dynamic-lr", "0.003")
+    assert result.exit_code == 0, result.stderr
+    dynamic = json.loads(result.stdout)
+    assert dynamic["chars"] == static["chars"] and dynamic["dynamic_updates"] > 0
+    assert dynamic["bits_per_char"] < static["bits_per_char"]  # the corpus repeats itself
+    assert invoke("evaluate", "-m", store, corpus, "--dynamic-lr", "0.1").exit_code == 2
+
+
 def test_evaluate_counts_unknown_characters(trained, tmp_path):
     store, _ = trained
     f = tmp_path / "new.txt"
     f.write_text("我喜欢猫。我喜欢狗。", encoding="utf-8")
-    data = json.loads(invoke("evaluate", "-m", store, f, "--json").stdout)
+    result = invoke("evaluate", "-m", store, f, "--json")
+    data = json.loads(result.stdout)
     assert data["unknown_chars"] == 2 and data["chars"] == 9
+    assert "2 scored chars (22.2%) are not in the vocabulary" in one_error_line(result)
     missing = invoke("evaluate", "-m", store, tmp_path / "nope.txt")
     assert missing.exit_code == 1 and "not found" in one_error_line(missing)
 
