@@ -558,11 +558,16 @@ def info(model_path, as_json):
     ckpt = _open(model_path)
     meta, model, tok = ckpt.meta, ckpt.model, ckpt.tokenizer
     config = model.config()
-    history = meta.get("history") or []
-    curve = [(h["step"], h["val_bpc"]) for h in history if h.get("val_bpc") is not None]
-    corpus = meta.get("corpus") or {}
     store = ModelStore(model_path) if model_path.is_dir() else None
     index = store.index() if store else {}
+    history = meta.get("history") or []
+    if store and index.get("latest") and ckpt.path and index["latest"] != ckpt.path.name:
+        try:  # the latest checkpoint knows the whole validation curve, past the best one
+            history = store.load(prefer="latest").meta.get("history") or history
+        except ValueError:
+            pass
+    curve = [(h["step"], h["val_bpc"]) for h in history if h.get("val_bpc") is not None]
+    corpus = meta.get("corpus") or {}
     val_at = dict(curve)
     listing = []
     for path in store.checkpoints() if store else []:
@@ -596,7 +601,7 @@ def info(model_path, as_json):
         ("model", f"{config.get('cell', 'rnn')}, {layers} layer{'s' if layers != 1 else ''} of {config['hidden_size']} units, {model.dtype.name}"),
         ("size", f"{model.num_params:,} parameters ({_size(summary['param_bytes'])}); file {_size(summary['file_bytes'] or 0)}"),
         ("vocabulary", f"{tok.vocab_size:,} {tok.level}s (the unknown one included): {preview}"),
-        ("trained", f"{ckpt.step:,} steps"),
+        ("trained", f"{ckpt.step:,} steps" + (f" (the store's latest: step {curve[-1][0]:,})" if curve and curve[-1][0] > ckpt.step else "")),
     ]
     if corpus:
         names = ", ".join(Path(n).name if n != "-" else "stdin" for n in corpus.get("names", []))
@@ -612,7 +617,7 @@ def info(model_path, as_json):
     if listing:
         click.echo(f"checkpoints in {model_path}:")
         for item in listing:
-            val = f"val {item['val_bpc']:.4f}" if item["val_bpc"] is not None else "val -"
+            val = f"val {item['val_bpc']:.4f}" if item["val_bpc"] is not None else f"{'val -':<10}"
             click.echo(f"  {item['file']}  step {item['step']:>8,}  {val}  {_size(item['bytes']):>9}  {' '.join(item['marks'])}".rstrip())
 
 

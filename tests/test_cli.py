@@ -344,6 +344,21 @@ def test_info_text_and_json(trained):
     assert single.exit_code == 0 and "checkpoints in" not in single.stdout
 
 
+def test_info_shows_the_whole_curve_when_best_is_not_latest(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    m = tmp_path / "m"
+    args = ["--hidden-size", "8", "--seq-len", "8", "--batch-size", "4", "--eval-every", "5", "--save-every", "5"]
+    assert invoke("train", corpus, "-m", m, *args, "--steps", "10").exit_code == 0
+    index = json.loads((m / "store.json").read_text())
+    index["best"] = "ckpt-000000005.npz"  # as if validation had got worse after step 5
+    (m / "store.json").write_text(json.dumps(index))
+    out = invoke("info", "-m", m).stdout
+    assert "trained     5 steps (the store's latest: step 10)" in out
+    assert "over 2 validations" in out
+    assert re.search(r"ckpt-000000005.npz .* best\n .*ckpt-000000010.npz .* latest", out)
+
+
 def test_sparkline():
     assert sparkline([]) == ""
     assert sparkline([3.0, 2.0, 1.0]) == "█▅▁"
