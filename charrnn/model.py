@@ -34,9 +34,19 @@ DTYPES = {"float32": np.float32, "float64": np.float64}
 
 def log_softmax(o: np.ndarray) -> np.ndarray:
     """Numerically stable log-softmax over the last axis (a new array, same shape)."""
-    z = o - o.max(axis=-1, keepdims=True)
-    z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return z
+    return log_softmax_(np.array(o, copy=True))
+
+
+def log_softmax_(o: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis, in place in ``o``; returns ``o``.
+
+    ``o - max - log(sum(exp(o - max)))``: exact for probabilities that would underflow, and one
+    ``log`` per row instead of one per entry.
+    """
+    o -= o.max(axis=-1, keepdims=True)
+    z = np.exp(o).sum(axis=-1, keepdims=True)
+    o -= np.log(z)
+    return o
 
 
 def softmax_(o: np.ndarray) -> np.ndarray:
@@ -47,14 +57,33 @@ def softmax_(o: np.ndarray) -> np.ndarray:
     return o
 
 
+# Up to this vocabulary size the embedding gradient is one matrix product with a one-hot
+# matrix (2 K flops per entry of da, at BLAS speed); above it, a scatter-add (np.add.at).
+ONE_HOT_MAX_VOCAB = 96
+
+
 def embedding_grad(x: np.ndarray, da: np.ndarray, dU: np.ndarray) -> None:
     """dU[x[n]] += da[n] for every row n, duplicates summed; no Python loop over rows.
 
-    x: (N,) ints, da: (N, H), dU: (K, H), updated in place. Uses ``np.add.at`` on the flattened
-    1-D view of dU, which is several times faster than the row-wise form.
+    x: (N,) ints, da: (N, H), dU: (K, H), updated in place. A small vocabulary (K up to
+    ``ONE_HOT_MAX_VOCAB``) uses ``dU += onehot(x)^T da``, one matrix product; a larger one
+    ``np.add.at`` on the flattened 1-D view of dU, several times faster than the row-wise form.
     """
-    H = dU.shape[1]
+    x = np.asarray(x).reshape(-1)
+    K, H = dU.shape
+    if K <= ONE_HOT_MAX_VOCAB and dU.flags.c_contiguous:
+        onehot = np.zeros((K, len(x)), dtype=dU.dtype)  # (K, N): onehot[x[n], n] = 1
+        onehot[x, np.arange(len(x))] = 1.0
+        dU += onehot @ da
+        return
     flat_index = (x.astype(np.intp)[:, None] * H + np.arange(H)).ravel()
+    np.add.at(dU.reshape(-1), flat_index, da.reshape(-1))
+
+
+def embedding_grad_scatter(x: np.ndarray, da: np.ndarray, dU: np.ndarray) -> None:
+    """``embedding_grad`` by scatter-add alone, whatever K (the reference for its fast path)."""
+    H = dU.shape[1]
+    flat_index = (np.asarray(x).reshape(-1).astype(np.intp)[:, None] * H + np.arange(H)).ravel()
     np.add.at(dU.reshape(-1), flat_index, da.reshape(-1))
 
 
@@ -70,6 +99,26 @@ def cross_entropy_grad_(p: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
     p[rows, y] -= 1.0
     p /= N
     return loss, p
+
+
+def softmax_cross_entropy_(o: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """``softmax_`` then ``cross_entropy_grad_`` in one go, in place in the logits o.
+
+    o: (N, K) logits (overwritten by do = (softmax(o) - onehot(y)) / N), y: (N,) ints. Returns
+    the mean -log p[y] from the logits (``log sum exp - o_y``, exact even where p[y] underflows)
+    and do. One pass over o fewer than the two-step form: the 1/N rides on the normalization.
+    """
+    N = len(y)
+    rows = np.arange(N)
+    o -= o.max(axis=-1, keepdims=True)
+    o_y = o[rows, y].astype(np.float64)  # shifted logit of each target
+    np.exp(o, out=o)
+    z = o.sum(axis=-1, keepdims=True)  # (N, 1)
+    loss = float((np.log(z[:, 0].astype(np.float64)) - o_y).mean())
+    z *= N
+    o /= z  # p / N
+    o[rows, y] -= 1.0 / N
+    return loss, o
 
 
 class Model:
@@ -177,6 +226,12 @@ class RNN(Model):
     fan scaling, small so that tanh starts in its linear range and the softmax starts near
     uniform); W a random orthogonal matrix scaled by 0.9, so the recurrence neither explodes nor
     vanishes at the start (spectral radius just below 1); biases zero.
+
+    Each bias rides inside its matrix product: in ``theta`` b follows W and c follows V, so
+    ``[W; b]`` is one (H+1, H) matrix and ``[V; c]`` one (H+1, K) matrix, and the states are kept
+    with a column of ones, ``[s_t, 1]`` (B, H+1). Then ``[s_{t-1}, 1] [W; b] = s_{t-1} W + b``,
+    ``[s_t, 1] [V; c] = o_t``, and the gradients come out of one product each:
+    ``[dW; db] = sum_t [s_{t-1}, 1]^T da_t`` and ``[dV; dc] = sum_t [s_t, 1]^T do_t``.
     """
 
     def __init__(self, vocab_size: int, hidden_size: int, seed: int = 0, dtype=np.float32):
@@ -206,56 +261,117 @@ class RNN(Model):
         self.b = 0.0
         self.c = 0.0
 
+    def _blocks(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Views of a flat vector laid out like ``theta``: U (K, H), [W; b] (H+1, H), [V; c] (H+1, K)."""
+        K, H = self.vocab_size, self.hidden_size
+        i, j = K * H, K * H + (H + 1) * H
+        return flat[:i].reshape(K, H), flat[i:j].reshape(H + 1, H), flat[j:].reshape(H + 1, K)
+
+    def _step_views(self) -> tuple[np.ndarray, ...]:
+        """U, W, b, V, c as views of ``theta``, made once (``step`` runs once per sampled token)."""
+        views = self.__dict__.get("_views")
+        if views is None or views[0] is not self.theta:
+            U, Wb, Vc = self._blocks(self.theta)
+            H = self.hidden_size
+            views = (self.theta, U, Wb[:H], Wb[H], Vc[:H], Vc[H])
+            self.__dict__["_views"] = views
+        return views[1:]
+
+    def _states(self, x: np.ndarray, s0: np.ndarray) -> np.ndarray:
+        """The recurrence: x (T, B) ids, s0 (B, H) -> S (T+1, B, H+1), S[t] = [s_t, 1], S[0] = [s0, 1]."""
+        T, B = x.shape
+        H = self.hidden_size
+        U, Wb, _ = self._blocks(self.theta)
+        S = np.empty((T + 1, B, H + 1), dtype=self.dtype)
+        S[:, :, H] = 1.0
+        S[0, :, :H] = s0
+        Ux = np.take(U, x, axis=0)  # (T, B, H): the input term U[x_t] of every step, one gather
+        a = np.empty((B, H), dtype=self.dtype)
+        for t in range(T):
+            np.matmul(S[t], Wb, out=a)  # a_t = s_{t-1} W + b     (B, H)
+            a += Ux[t]  # ... + U[x_t]
+            np.tanh(a, out=S[t + 1, :, :H])  # s_t = tanh(a_t)
+        return S
+
+    def _logits(self, S: np.ndarray) -> np.ndarray:
+        """o = s V + c for every state but the first: S (T+1, B, H+1) -> o (T*B, K), time-major."""
+        _, _, Vc = self._blocks(self.theta)
+        T1, B, H1 = S.shape
+        return S[1:].reshape((T1 - 1) * B, H1) @ Vc  # the output layer as one product over all rows
+
     def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
         """Run T steps. inputs (B, T) ints, s0 (B, H) -> p (T*B, K) time-major, cache, s_T.
 
         ``rng`` is accepted for the common interface; the vanilla RNN has no dropout.
         """
-        U, W, b, V, c = self.U, self.W, self.b, self.V, self.c
-        x = inputs.T  # (T, B): time-major, so each step reads contiguous rows
-        T, B = x.shape
-        s = U[x]  # (T, B, H): the input term U[x_t] of every step, a row lookup
-        s += b
-        prev = s0
-        for t in range(T):
-            a_t = s[t]
-            a_t += prev @ W  # a_t = s_{t-1} W + U[x_t] + b
-            np.tanh(a_t, out=a_t)  # s_t = tanh(a_t), in place
-            prev = a_t
-        o = s.reshape(T * B, -1) @ V  # (T*B, K): the output layer as one product over all rows
-        o += c
-        p = softmax_(o)
-        return p, (x, s0, s), s[-1].copy()
+        x = np.asarray(inputs).T  # (T, B): time-major, so each step reads contiguous rows
+        S = self._states(x, np.asarray(s0, dtype=self.dtype))
+        p = softmax_(self._logits(S))  # (T*B, K)
+        return p, (x, S), S[-1, :, : self.hidden_size].copy()
 
     def backward(self, do: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
         """BPTT through one chunk. do (T*B, K) = dE/do; fills ``grads`` (zeroed) in place."""
-        x, s0, s = cache
-        T, B, H = s.shape
-        W, V = self.W, self.V
-        s_flat = s.reshape(T * B, H)
-        np.matmul(s_flat.T, do, out=grads["V"])  # dV = sum_t s_t^T do_t
-        grads["c"][...] = do.sum(axis=0)  # dc = sum_t do_t
-        da = (do @ V.T).reshape(T, B, H)  # ds_t from the output, for all t at once; becomes da
-        da_next = None
-        for t in range(T - 1, -1, -1):
-            ds_t = da[t]
-            if da_next is not None:
-                ds_t += da_next @ W.T  # ds_t = do_t V^T + da_{t+1} W^T
-            ds_t *= 1.0 - s[t] * s[t]  # da_t = ds_t * (1 - s_t^2), in place
-            da_next = ds_t
-        da_flat = da.reshape(T * B, H)
-        grads["W"][...] = s0.T @ da[0]  # dW = sum_t s_{t-1}^T da_t
-        if T > 1:
-            grads["W"] += s[:-1].reshape((T - 1) * B, H).T @ da[1:].reshape((T - 1) * B, H)
-        grads["b"][...] = da_flat.sum(axis=0)  # db = sum_t da_t
-        embedding_grad(x.reshape(-1), da_flat, grads["U"])  # dU[x_t] += da_t
+        g = np.empty_like(self.theta)
+        self._backward_flat(do, cache, g)
+        for name, view in self.unflatten(g).items():
+            grads[name][...] = view
+
+    def _backward_flat(self, do: np.ndarray, cache, g: np.ndarray) -> None:
+        """BPTT into ``g``, a flat vector laid out like ``theta`` (every entry overwritten)."""
+        x, S = cache
+        T1, B, H1 = S.shape
+        T, H, N = T1 - 1, H1 - 1, (T1 - 1) * B
+        _, Wb, Vc = self._blocks(self.theta)
+        dU, dWb, dVc = self._blocks(g)
+        S_flat = S.reshape(T1 * B, H1)  # rows [s_t, 1], t = 0..T
+        np.matmul(S_flat[B:].T, do, out=dVc)  # [dV; dc] = sum_t [s_t, 1]^T do_t
+        da = (do @ Vc[:H].T).reshape(T, B, H)  # ds_t from the output, do_t V^T, for all t at once
+        dtanh = S[1:, :, :H] * S[1:, :, :H]
+        np.subtract(1.0, dtanh, out=dtanh)  # 1 - s_t^2, (T, B, H), for all t at once
+        WT = Wb[:H].T
+        from_next = np.empty((B, H), dtype=self.dtype)
+        da[T - 1] *= dtanh[T - 1]
+        for t in range(T - 2, -1, -1):
+            np.matmul(da[t + 1], WT, out=from_next)  # da_{t+1} W^T
+            da[t] += from_next  # ds_t = do_t V^T + da_{t+1} W^T
+            da[t] *= dtanh[t]  # da_t = ds_t * (1 - s_t^2)
+        da_flat = da.reshape(N, H)
+        np.matmul(S_flat[:N].T, da_flat, out=dWb)  # [dW; db] = sum_t [s_{t-1}, 1]^T da_t
+        dU[...] = 0.0
+        embedding_grad(x.reshape(-1), da_flat, dU)  # dU[x_t] += da_t
+
+    def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
+        """Like ``Model.loss_and_flat_grad``, with the softmax and the loss gradient fused."""
+        inputs, targets, s0 = self._check(inputs, targets, s0)
+        x = inputs.T  # (T, B)
+        S = self._states(x, s0)
+        loss, do = softmax_cross_entropy_(self._logits(S), targets.T.reshape(-1))
+        g = np.empty_like(self.theta)
+        self._backward_flat(do, (x, S), g)
+        return loss, g, S[-1, :, : self.hidden_size].copy()
+
+    def log_probs(self, inputs, s0=None):
+        """Forward only: log p for every position, (B, T, K), and the last state (B, S)."""
+        inputs, _, s0 = self._check(inputs, None, s0)
+        B, T = inputs.shape
+        S = self._states(inputs.T, s0)
+        logp = log_softmax_(self._logits(S))  # (T*B, K), time-major
+        return logp.reshape(T, B, -1).transpose(1, 0, 2), S[-1, :, : self.hidden_size].copy()
 
     def step(self, x, s=None):
         """One time step for sampling: x (B,) ints, s (B, H) or None -> probs (B, K), new s (B, H)."""
         x = np.asarray(x).reshape(-1)
-        if s is None:
-            s = self.zero_state(len(x))
-        s = np.tanh(s @ self.W + self.U[x] + self.b)
-        o = s @ self.V
-        o += self.c
-        return softmax_(o), s
+        s = self.zero_state(len(x)) if s is None else np.asarray(s, dtype=self.dtype)
+        U, W, b, V, c = self._step_views()
+        a = s @ W  # (B, H)
+        a += U.take(x, axis=0)
+        a += b
+        np.tanh(a, out=a)  # s_t = tanh(s_{t-1} W + U[x_t] + b)
+        o = a @ V  # (B, K)
+        o += c
+        if len(o) == 1:  # one stream (sampling): whole-array reductions are cheaper than per-row ones
+            o -= o.max()
+            np.exp(o, out=o)
+            o /= o.sum()
+            return o, a
+        return softmax_(o), a

@@ -207,3 +207,127 @@ def test_small_model_overfits_a_repeated_string():
         clip_grad_norm_(g, 5.0)
         opt.step(m.theta, g, 0.01)
     assert loss < 0.05
+
+
+# -- fast paths against the plain ones --------------------------------------------------------------
+
+from charrnn.model import (
+    ONE_HOT_MAX_VOCAB,
+    Model,
+    cross_entropy_grad_,
+    embedding_grad_scatter,
+    softmax_,
+    softmax_cross_entropy_,
+)
+
+
+@pytest.mark.parametrize("K", [7, 300])
+def test_fused_training_path_equals_plain_path(K):
+    """RNN.loss_and_flat_grad (fused softmax + loss) equals forward, cross_entropy_grad_, backward."""
+    m, inputs, targets, s0 = make_problem(K=K, H=6, B=3, T=5, seed=21)
+    loss, g, s_last = m.loss_and_flat_grad(inputs, targets, s0)
+    loss2, g2, s_last2 = Model.loss_and_flat_grad(m, inputs, targets, s0)
+    assert loss == pytest.approx(loss2, rel=1e-12)
+    np.testing.assert_allclose(g, g2, rtol=1e-10, atol=1e-15)
+    np.testing.assert_array_equal(s_last, s_last2)
+
+
+def test_gradient_check_large_vocabulary():
+    """K above the one-hot limit: the embedding gradient takes the scatter-add path."""
+    K = ONE_HOT_MAX_VOCAB + 4
+    m, inputs, targets, s0 = make_problem(K=K, H=3, B=2, T=3, seed=17)
+    _, grads, _ = m.loss_and_grads(inputs, targets, s0)
+    num = numerical_grads(m, inputs, targets, s0)
+    for name in ("U", "W", "b", "V", "c"):
+        assert relative_error(grads[name], num[name]) < 1e-6, name
+
+
+@pytest.mark.parametrize("K", [3, ONE_HOT_MAX_VOCAB, ONE_HOT_MAX_VOCAB + 1, 4000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_embedding_grad_paths_equal_row_loop(K, dtype, rng):
+    H, N = 5, 300
+    x = rng.integers(0, min(K, 20), N)  # many duplicates
+    da = rng.normal(size=(N, H)).astype(dtype)
+    start = rng.normal(size=(K, H)).astype(dtype)  # accumulates into what is there
+    fast, scatter, slow = start.copy(), start.copy(), start.astype(np.float64)
+    embedding_grad(x, da, fast)
+    embedding_grad_scatter(x, da, scatter)
+    for n in range(N):
+        slow[x[n]] += da[n]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert fast.dtype == dtype
+    np.testing.assert_allclose(fast, slow, rtol=tol, atol=tol)
+    np.testing.assert_allclose(scatter, slow, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("K", [2, 65, 4000])
+def test_softmax_cross_entropy_equals_two_steps(K, rng):
+    N = 50
+    o = rng.normal(0, 4, (N, K))
+    y = rng.integers(0, K, N)
+    loss, do = softmax_cross_entropy_(o.copy(), y)
+    loss2, do2 = cross_entropy_grad_(softmax_(o.copy()), y)
+    assert loss == pytest.approx(loss2, rel=1e-12)
+    np.testing.assert_allclose(do, do2, rtol=1e-12, atol=1e-15)  # (p - 1)/N vs p/N - 1/N: rounding
+
+
+def test_softmax_cross_entropy_is_exact_where_p_underflows():
+    o = np.array([[0.0, -200.0]], dtype=np.float32)  # p[1] = e^-200 underflows float32
+    loss, _ = softmax_cross_entropy_(o, np.array([1]))
+    assert loss == pytest.approx(200.0, rel=1e-6)
+
+
+def test_log_probs_equal_log_of_forward():
+    m, inputs, _, s0 = make_problem(K=9, seed=23)
+    logp, s_last = m.log_probs(inputs, s0)
+    p, _, s_last2 = m.forward(inputs, s0)
+    B, T = inputs.shape
+    np.testing.assert_allclose(logp, np.log(p).reshape(T, B, -1).transpose(1, 0, 2), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(s_last, s_last2)
+
+
+def test_backward_fills_a_dict_of_separate_arrays():
+    m, inputs, targets, s0 = make_problem(seed=25)
+    _, g, _ = m.loss_and_flat_grad(inputs, targets, s0)
+    p, cache, _ = m.forward(inputs, s0)
+    _, do = cross_entropy_grad_(p, targets.T.reshape(-1))
+    grads = {k: np.full(v.shape, 7.0) for k, v in m.params.items()}  # not views of one vector, not zeroed
+    m.backward(do, cache, grads)
+    for name, view in m.unflatten(g).items():
+        np.testing.assert_allclose(grads[name], view, rtol=1e-12, atol=1e-15)
+
+
+def test_float32_model_never_promotes_to_float64():
+    m = RNN(40, 8, seed=0)  # float32
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(0, 40, (3, 5)).astype(np.int32)
+    s0 = rng.uniform(-1, 1, (3, 8))  # float64 given: taken as float32
+    loss, g, s_last = m.loss_and_flat_grad(inputs, inputs, s0)
+    p, _, s_fwd = m.forward(inputs, s0)
+    logp, s_lp = m.log_probs(inputs, s0)
+    probs, s_step = m.step(inputs[:, 0], s0)
+    probs1, s_step1 = m.step(inputs[:1, 0], s0[:1])
+    for a in (g, s_last, p, s_fwd, logp, s_lp, probs, s_step, probs1, s_step1):
+        assert a.dtype == np.float32
+    assert isinstance(loss, float)
+
+
+def test_step_one_stream_equals_batched_step():
+    m, inputs, _, s0 = make_problem(seed=27)
+    probs, s = m.step(inputs[:, 0], s0)
+    for i in range(len(s0)):
+        probs1, s1 = m.step(inputs[i : i + 1, 0], s0[i : i + 1])
+        np.testing.assert_allclose(probs1, probs[i : i + 1], rtol=1e-12)
+        np.testing.assert_allclose(s1, s[i : i + 1], rtol=1e-12)
+
+
+def test_step_sees_parameter_updates():
+    """step caches views of theta: in-place updates (an optimizer step) must show through."""
+    m = RNN(6, 4, seed=0)
+    before, _ = m.step(np.array([1]))
+    m.theta += 0.5
+    after, _ = m.step(np.array([1]))
+    expected_s = np.tanh(m.U[1] + m.b)[None]
+    o = expected_s @ m.V + m.c
+    np.testing.assert_allclose(after, np.exp(o) / np.exp(o).sum(), rtol=1e-5)
+    assert not np.allclose(before, after)
