@@ -1,0 +1,130 @@
+"""How many threads the BLAS under NumPy uses, changed at run time, without new dependencies.
+
+NumPy's wheels load an OpenBLAS (``libscipy_openblas64_*.so`` in NumPy 2.x, exporting
+``scipy_openblas_set_num_threads64_``; older or distribution builds export
+``openblas_set_num_threads``). This module finds the BLAS libraries already loaded into the
+process (``/proc/self/maps`` on Linux, NumPy's own library folders elsewhere) and calls their
+thread setter through ``ctypes``. MKL (``MKL_Set_Num_Threads``) and BLIS are handled the same way.
+When no such library is found, ``set_threads`` falls back to the environment variables
+``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (which reach only processes
+started afterwards) and returns False.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+# (setter, getter) symbol pairs, most specific first. The 64_ suffix marks 64-bit-integer builds.
+_SYMBOLS = (
+    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
+    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
+    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
+    ("openblas_set_num_threads", "openblas_get_num_threads"),
+    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
+    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
+)
+_NAME_HINTS = ("openblas", "mkl_rt", "blis", "libblas")
+
+_handles: dict[str, tuple[object, object] | None] = {}  # path -> (setter, getter), or None if it has none
+
+
+def _loaded_library_paths() -> list[str]:
+    """Paths of shared libraries loaded in this process whose name looks like a BLAS, NumPy's first."""
+    paths: list[str] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 6 and fields[5].startswith("/"):
+                    paths.append(fields[5])
+    except OSError:  # not Linux: look where NumPy's wheels keep their bundled libraries
+        root = os.path.dirname(np.__file__)
+        for folder in (root + ".libs", os.path.join(root, ".dylibs")):
+            paths.extend(glob.glob(os.path.join(folder, "*")))
+    names = dict.fromkeys(p for p in paths if any(h in os.path.basename(p).lower() for h in _NAME_HINTS))
+    return sorted(names, key=lambda p: "numpy" not in os.path.dirname(p))  # stable: NumPy's BLAS first
+
+
+def _find_controls() -> list[tuple[str, object, object]]:
+    """(path, setter, getter) for each loaded BLAS that exports a known thread setter."""
+    controls = []
+    for path in _loaded_library_paths():
+        if path not in _handles:
+            _handles[path] = _thread_functions(path)
+        if _handles[path] is not None:
+            controls.append((path, *_handles[path]))
+    return controls
+
+
+def _thread_functions(path: str):
+    """(setter, getter) of the library at ``path`` through ctypes, or None."""
+    try:
+        lib = ctypes.CDLL(path)  # already loaded: this only returns a handle to it
+    except OSError:
+        return None
+    for set_name, get_name in _SYMBOLS:
+        setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
+        if setter is not None and getter is not None:
+            setter.argtypes, setter.restype = [ctypes.c_int], None
+            getter.argtypes, getter.restype = [], ctypes.c_int
+            return setter, getter
+    return None
+
+
+def blas_libraries() -> list[str]:
+    """Paths of the loaded BLAS libraries whose threads this module controls (may be empty)."""
+    return [path for path, _, _ in _find_controls()]
+
+
+def set_threads(n: int) -> bool:
+    """Use ``n`` BLAS threads from now on; True if a loaded BLAS took the setting.
+
+    False means no controllable BLAS was found: the environment variables are set instead, so
+    only processes started later follow them.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"the number of threads must be a positive integer, got {n!r}")
+    controls = _find_controls()
+    for _, setter, _ in controls:
+        setter(int(n))
+    if not controls:
+        for var in ENV_VARS:
+            os.environ[var] = str(int(n))
+    return bool(controls)
+
+
+def get_threads() -> int | None:
+    """The number of threads the loaded BLAS uses now, or None if none could be asked."""
+    controls = _find_controls()
+    if not controls:
+        return None
+    return int(controls[0][2]())
+
+
+def env_threads() -> int | None:
+    """The thread count the user asked for in OPENBLAS_NUM_THREADS or OMP_NUM_THREADS (or MKL's)."""
+    for var in ENV_VARS:
+        value = os.environ.get(var, "").strip().split(",")[0]
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
+def default_threads(hidden_size: int, batch_size: int) -> int:
+    """The BLAS thread count to train an RNN of ``hidden_size`` on ``batch_size`` streams with.
+
+    A thread count set by the user in OPENBLAS_NUM_THREADS/OMP_NUM_THREADS/MKL_NUM_THREADS wins.
+    Otherwise 1: see ``POLICY`` for the measurements this rests on.
+    """
+    if hidden_size < 1 or batch_size < 1:
+        raise ValueError("hidden_size and batch_size must be positive")
+    user = env_threads()
+    if user is not None:
+        return user
+    return 1
