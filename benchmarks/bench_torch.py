@@ -1,0 +1,129 @@
+"""charrnn against PyTorch on the CPU: training chars/s and per-step sampling, measured in one run.
+
+PyTorch's model is the usual one: nn.Embedding(K, H) + nn.RNN(H, H, tanh) + nn.Linear(H, K),
+trained with cross-entropy, gradient clipping at 5 and Adam, the state carried from chunk to
+chunk (detached), as charrnn trains. Sampling draws one token per step from B=1 stream. The two
+libraries take turns run by run, at the same thread count, and the table shows charrnn/torch.
+
+PyTorch is not a dependency of charrnn; without it this script says so and exits. To install the
+CPU build: ``pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu``.
+
+    python benchmarks/bench_torch.py                    # the three configs, 1 thread
+    python benchmarks/bench_torch.py --threads 2 --configs 65,256,32,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import harness
+import numpy as np
+
+
+def torch_training(torch, K, H, B, T, seed=0):
+    """A run(steps) function for PyTorch's Embedding + RNN + Linear + Adam on random ids."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    emb, rnn, out = nn.Embedding(K, H), nn.RNN(H, H, batch_first=True), nn.Linear(H, K)
+    params = [*emb.parameters(), *rnn.parameters(), *out.parameters()]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    ids = torch.from_numpy(harness.random_ids(K, (B, T + 1), seed))
+    inputs, targets = ids[:, :-1], ids[:, 1:].reshape(-1)
+    state = {"h": torch.zeros(1, B, H)}
+
+    def run(steps):
+        for _ in range(steps):
+            hs, h = rnn(emb(inputs), state["h"])  # (B, T, H)
+            loss = nn.functional.cross_entropy(out(hs).reshape(-1, K), targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(params, 5.0)
+            optimizer.step()
+            state["h"] = h.detach()
+
+    return run
+
+
+def torch_sampling(torch, K, H, seed=0):
+    """A run(steps) function drawing one token per step from PyTorch's model (B=1)."""
+    nn = torch.nn
+    torch.manual_seed(seed)
+    emb, rnn, out = nn.Embedding(K, H), nn.RNN(H, H), nn.Linear(H, K)
+    state = {"h": torch.zeros(1, 1, H), "x": torch.zeros(1, 1, dtype=torch.long)}
+
+    def run(steps):
+        with torch.no_grad():
+            h, x = state["h"], state["x"]
+            for _ in range(steps):
+                o, h = rnn(emb(x), h)  # (1, 1, H)
+                p = torch.softmax(out(o[0]), dim=-1)  # (1, K)
+                x = torch.multinomial(p, 1)  # (1, 1)
+            state["h"], state["x"] = h, x
+
+    return run
+
+
+def charrnn_sampling(K, H, seed=0):
+    """A run(steps) function drawing one token per step from charrnn's RNN (B=1)."""
+    from charrnn.model import RNN
+
+    model = RNN(K, H, seed=seed)
+    rng = np.random.default_rng(seed)
+    state = {"s": model.zero_state(1), "x": 0}
+
+    def run(steps):
+        s, x = state["s"], state["x"]
+        for _ in range(steps):
+            p, s = model.step(x, s)  # (1, K), (1, H)
+            cdf = p[0].cumsum()
+            x = min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), K - 1)  # inverse CDF
+        state["s"], state["x"] = s, x
+
+    return run
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", nargs="+", type=harness.parse_config, default=list(harness.CONFIGS),
+                        metavar="K,H,B,T", help="training configs (default: the three of the issue)")
+    parser.add_argument("--sample-vocab", type=harness.parse_threads, default=[65, 4000], metavar="K[,K...]",
+                        help="vocabulary sizes for sampling at H=256 (default: 65,4000)")
+    parser.add_argument("--threads", type=harness.parse_threads, default=[1], metavar="N[,N...]",
+                        help="threads for both libraries (default: 1)")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per timed run (default: 5)")
+    parser.add_argument("--sample-steps", type=int, default=2000, help="sampling steps per timed run (default: 2000)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts (default: 3)")
+    args = parser.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("bench_torch: PyTorch is not installed; skipping. "
+              "Install the CPU build with: pip install torch==2.13.0", file=sys.stderr)
+        return
+
+    print(f"# bench_torch: torch {torch.__version__}, {harness.machine_load()}, float32, "
+          f"median of {args.repeats} runs")
+    rows = []
+    for n in args.threads:
+        harness.with_threads(n)
+        torch.set_num_threads(n)
+        for config in args.configs:
+            B, T = config[2], config[3]
+            runs = {"charrnn": harness.TrainingStep(*config).run, "torch": torch_training(torch, *config)}
+            rates = harness.median_rates(runs, {"charrnn": B * T, "torch": B * T}, args.steps, args.repeats)
+            rows.append([f"train {harness.config_name(config)}", n, f"{rates['charrnn']:,.0f}",
+                         f"{rates['torch']:,.0f}", f"{rates['charrnn'] / rates['torch']:.2f}x"])
+        for K in args.sample_vocab:
+            runs = {"charrnn": charrnn_sampling(K, 256), "torch": torch_sampling(torch, K, 256)}
+            rates = harness.median_rates(runs, {"charrnn": 1, "torch": 1}, args.sample_steps, args.repeats)
+            rows.append([f"sample K={K} H=256 B=1", n, f"{rates['charrnn']:,.0f}", f"{rates['torch']:,.0f}",
+                         f"{rates['charrnn'] / rates['torch']:.2f}x"])
+    harness.print_table(["workload (chars/s; sampling: steps/s)", "threads", "charrnn", "torch",
+                         "charrnn/torch"], rows)
+
+
+if __name__ == "__main__":
+    start = time.perf_counter()
+    main()
