@@ -313,6 +313,13 @@ class ModelStore:
         self._prune(index)
         return path
 
+    def forget_best(self) -> None:
+        """Drop the best pointer (its score was measured on another corpus)."""
+        index = self.index()
+        if index.pop("best", None) is not None:
+            index.pop("best_val_bpc", None)
+            write_json_atomic(self.directory / STORE_FILE, index)
+
     def _prune(self, index: dict) -> None:
         protected = {index.get("latest"), index.get("best")}
         old = [p for p in self.checkpoints() if p.name not in protected]

@@ -176,11 +176,13 @@ def learning_rate(
     min_lr_fraction: float = 0.1,
     decay_rate: float = 0.5,
     decay_every: int = 1000,
+    progress: float | None = None,
 ) -> float:
     """The learning rate for step ``step`` (0-based): linear warm-up, then the schedule.
 
-    constant: base_lr. cosine: from base_lr down to base_lr * min_lr_fraction at total_steps
-    (needs total_steps; without it, constant). exponential: base_lr * decay_rate^(step/decay_every),
+    constant: base_lr. cosine: from base_lr down to base_lr * min_lr_fraction at total_steps, or
+    along ``progress`` (the fraction of a run's budget done, in [0, 1]) when that is given
+    instead; with neither, constant. exponential: base_lr * decay_rate^(step/decay_every),
     never below base_lr * min_lr_fraction.
     """
     if schedule not in SCHEDULES:
@@ -188,8 +190,10 @@ def learning_rate(
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     floor = base_lr * min_lr_fraction
-    if schedule == "cosine" and total_steps:
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    if schedule == "cosine" and (total_steps or progress is not None):
+        if total_steps:
+            progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        progress = min(1.0, max(0.0, progress))
         return floor + (base_lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if schedule == "exponential":
         return max(floor, base_lr * decay_rate ** ((step - warmup_steps) / decay_every))

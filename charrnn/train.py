@@ -43,13 +43,14 @@ class TrainConfig:
     # tokenizer
     level: str = "char"  # char | word
     min_count: int = 1  # tokens seen fewer times map to the unknown id
+    unknown_rate: float = 1e-3  # fraction of training tokens replaced by the unknown id (noise)
     max_vocab: int | None = None  # cap on the vocabulary size (unknown included)
     # optimization
     seq_len: int = 64  # T, BPTT length in tokens
     batch_size: int = 32  # B, parallel streams
     optimizer: str = "adam"  # adam | adagrad | sgd
     lr: float = 2e-3  # base learning rate
-    schedule: str = "constant"  # constant | cosine | exponential (after warm-up)
+    schedule: str = "constant"  # constant | cosine (over this invocation's budget) | exponential
     warmup_steps: int = 0  # linear warm-up from lr/warmup_steps
     decay_every: int = 1000  # exponential schedule: steps per factor of decay_rate
     decay_rate: float = 0.5
@@ -79,6 +80,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
+        if not 0.0 <= self.unknown_rate < 0.5:
+            raise ValueError("unknown-rate must be in [0, 0.5)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -170,6 +173,7 @@ class Trainer:
     best_val_bpc: float | None = None
     evals_since_best: int = 0
     stop_requested: bool = False
+    schedule_progress: float | None = None  # fraction of the budget done, for the cosine schedule
     # data parallelism: average the flat gradient in place across processes and return the mean
     # loss (an MPI allreduce); and which of the batch's streams this process owns
     reduce_gradient: Callable[[np.ndarray, float], float] | None = None
@@ -223,10 +227,10 @@ class Trainer:
             self.optimizer.load_state_dict(opt)
         self.step = int(meta["step"])
         self.history = list(meta.get("history", []))
-        self.best_val_bpc = meta.get("best_val_bpc")
-        self.evals_since_best = int(meta.get("evals_since_best", 0))
         self.rng.bit_generator.state = meta["rng"]
         if data_too:
+            self.best_val_bpc = meta.get("best_val_bpc")
+            self.evals_since_best = int(meta.get("evals_since_best", 0))
             self.epoch = int(meta["cursor"]["epoch"])
             self.chunk = int(meta["cursor"]["chunk"])
             state = ckpt.arrays.get("state")
@@ -242,8 +246,10 @@ class Trainer:
             ckpt = self.gather_checkpoint(ckpt)
         if self.store is None or ckpt is None:
             return None
-        latest = self.history[-1].get("val_bpc") if self.history else None
-        return str(self.store.save(ckpt, val_bpc=latest))
+        # only a score of these very weights may make this checkpoint the best
+        last = self.history[-1] if self.history else {}
+        val_bpc = last.get("val_bpc") if last.get("step") == self.step else None
+        return str(self.store.save(ckpt, val_bpc=val_bpc))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -254,6 +260,8 @@ class Trainer:
             self.chunk, self.epoch = 0, self.epoch + 1
             self.s = self.model.zero_state(self.s.shape[0])
         inputs, targets = self.batches.chunk(self.chunk, self.streams)
+        if c.unknown_rate:
+            inputs, targets = self._unknown_noise(inputs, targets)
         rng = self.rng if c.dropout else None
         loss, g, s_last = self.model.loss_and_flat_grad(inputs, targets, self.s, rng)
         if self.reduce_gradient is not None:
@@ -266,13 +274,28 @@ class Trainer:
             )
         lr = learning_rate(
             self.step, c.lr, c.schedule, self._total_steps(), c.warmup_steps,
-            decay_rate=c.decay_rate, decay_every=c.decay_every,
+            decay_rate=c.decay_rate, decay_every=c.decay_every, progress=self.schedule_progress,
         )
         self.optimizer.step(self.model.theta, g, lr)
         self.s = s_last
         self.chunk += 1
         self.step += 1
         return loss, lr
+
+    def _unknown_noise(self, inputs: np.ndarray, targets: np.ndarray):
+        """Replace a random ``unknown_rate`` of the tokens by the unknown id 0.
+
+        The model thus learns a small, honest probability for "a token I have not seen" and how
+        to read one in a prompt, instead of pricing an unseen character at dozens of bits. The
+        mask is drawn for the whole batch and then cut to this process's streams, so it is the
+        same whatever the number of processes.
+        """
+        B, T = self.config.batch_size, self.config.seq_len
+        mask = self.rng.random((B, T + 1)) < self.config.unknown_rate  # the window: inputs + last target
+        mask = mask[self.streams]
+        window = np.concatenate([inputs[:, :1], targets], axis=1)
+        window[mask] = 0
+        return window[:, :-1], window[:, 1:]
 
     def _total_steps(self) -> int | None:
         if self.config.epochs:
@@ -301,6 +324,7 @@ class Trainer:
         tokens_per_step = self.batches.batch_size * c.seq_len
         loss, lr, val_bpc, losses = None, 0.0, None, []
         while (reason := self._stop_reason(budget)) is None:
+            self.schedule_progress = budget.fraction(self)
             loss, lr = self.train_step()
             losses.append(loss)
             rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
@@ -437,4 +461,6 @@ def prepare(
     trainer = Trainer(config, model, tokenizer, train_ids, val_ids, store=store, corpus=corpus.describe())
     if ckpt is not None:
         trainer.restore(ckpt, data_too=not fine_tune)
+        if fine_tune:  # scores on the old corpus say nothing about the new one
+            store.forget_best()
     return trainer

@@ -84,3 +84,9 @@ def test_learning_rate_schedules():
     assert learning_rate(10**6, 0.1, "exponential") == pytest.approx(0.01)
     with pytest.raises(ValueError):
         learning_rate(0, 0.1, "linear")
+
+
+def test_cosine_along_budget_progress():
+    assert learning_rate(7, 0.1, "cosine", progress=0.0) == pytest.approx(0.1)
+    assert learning_rate(7, 0.1, "cosine", progress=0.5) == pytest.approx(0.055)
+    assert learning_rate(7, 0.1, "cosine", progress=1.0) == pytest.approx(0.01)

@@ -127,3 +127,51 @@ def test_bad_config_is_refused(corpus):
         prepare(small_config(hidden_size=0), [corpus], None)
     with pytest.raises(ValueError, match="fewer than one batch"):
         prepare(small_config(batch_size=1000, seq_len=100), [corpus], None)
+
+
+def test_unknown_noise_teaches_a_sane_price_for_unseen_characters(tmp_path, corpus):
+    from charrnn.evaluate import evaluate
+
+    unseen = "The quick 狐 brown fox" * 3  # 狐 is not in the corpus
+    prices = {}
+    for rate in (0.0, 0.02):
+        t = prepare(small_config(steps=300, eval_every=0, save_every=0, hidden_size=32, unknown_rate=rate), [corpus], None)
+        run(t)
+        ids = t.tokenizer.encode(unseen)
+        logp, _ = t.model.log_probs(ids[None, :-1])
+        at = np.nonzero(ids[1:] == 0)[0]
+        prices[rate] = -logp[0, at, 0].mean() / np.log(2)  # bits for the unseen character
+    assert prices[0.02] < 10 < prices[0.0]
+
+
+def test_unknown_noise_mask_is_the_same_for_any_split_of_streams(corpus):
+    t = prepare(small_config(unknown_rate=0.3), [corpus], None)
+    x, y = t.batches.chunk(0)
+    state = t.rng.bit_generator.state
+    full_x, full_y = t._unknown_noise(x.copy(), y.copy())
+    t.rng.bit_generator.state = state
+    t.streams = slice(2, 4)
+    half_x, half_y = t._unknown_noise(x[2:4].copy(), y[2:4].copy())
+    np.testing.assert_array_equal(half_x, full_x[2:4])
+    np.testing.assert_array_equal(half_y, full_y[2:4])
+    assert (full_x == 0).mean() > 0.2
+    np.testing.assert_array_equal(full_x[:, 1:], full_y[:, :-1])
+
+
+def test_fine_tuning_forgets_the_old_best(tmp_path, corpus):
+    store = ModelStore(tmp_path / "m")
+    run(prepare(small_config(steps=5), [corpus], store))
+    assert "best" in store.index()
+    other = tmp_path / "other.txt"
+    other.write_text(TEXT[::-1], encoding="utf-8")
+    t = prepare(small_config(steps=3, eval_every=0, save_every=0), [str(other)], store, fine_tune=True)
+    assert "best" not in store.index() and t.best_val_bpc is None
+    run(t)
+    assert store.index()["best"] == store.index()["latest"]
+
+
+def test_only_a_fresh_score_marks_the_best(tmp_path, corpus):
+    store = ModelStore(tmp_path / "m")
+    run(prepare(small_config(steps=7, eval_every=5, save_every=6), [corpus], store))
+    # step 6 was saved with no score of its own; step 7 (the end) was validated
+    assert store.index()["best"] in ("ckpt-000000005.npz", "ckpt-000000007.npz")
