@@ -144,13 +144,14 @@ def cli():
 TRAIN_FIELDS = {
     "cell": "cell",
     "hidden_size": "hidden_size",
-    "layers": "num_layers",
+    "num_layers": "num_layers",
     "embedding_size": "embedding_size",
     "dropout": "dropout",
     "dtype": "dtype",
     "level": "level",
     "min_count": "min_count",
     "max_vocab": "max_vocab",
+    "unknown_rate": "unknown_rate",
     "seq_len": "seq_len",
     "batch_size": "batch_size",
     "optimizer": "optimizer",
@@ -178,13 +179,14 @@ POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 @model_option
 @click.option("--cell", type=click.Choice(["rnn", "lstm", "gru"]), help="Recurrent cell.  [default: rnn]")
 @click.option("--hidden-size", type=POSITIVE_INT, help="Units per layer, H.  [default: 256]")
-@click.option("--layers", type=POSITIVE_INT, help="Stacked recurrent layers.  [default: 1]")
+@click.option("--num-layers", "--layers", "num_layers", type=POSITIVE_INT, help="Stacked recurrent layers.  [default: 1]")
 @click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
 @click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
 @click.option("--min-count", type=POSITIVE_INT, help="Rarer tokens become unknown.  [default: 1]")
 @click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")
+@click.option("--unknown-rate", type=click.FloatRange(0, 0.5, max_open=True), help="Share of training tokens read as unknown, so unseen ones cost ~10 bits.  [default: 0.001]")
 @click.option("--seq-len", type=POSITIVE_INT, help="BPTT length in tokens, T.  [default: 64]")
 @click.option("--batch-size", type=POSITIVE_INT, help="Parallel streams, B.  [default: 32]")
 @click.option("--optimizer", type=click.Choice(["adam", "adagrad", "sgd"]), help="Update rule.  [default: adam]")
@@ -374,7 +376,8 @@ def _update_bar(bar, r) -> None:
 @click.option("--num-samples", type=POSITIVE_INT, default=1, show_default=True, help="Samples, drawn in parallel, separated by a blank line.")
 @click.option("--stop", type=str, help="End a sample when it produces this string (printed).")
 @click.option("--unknown", type=click.Choice(["replace", "skip", "error"]), default="replace", show_default=True, help="Prompt tokens outside the vocabulary: read as unknown, drop, or refuse.")
-def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, greedy, random_seed, num_samples, stop, unknown):
+@click.option("--dynamic", is_flag=True, help="First learn from the prompt (dynamic evaluation), so the sample follows its names and style.")
+def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, greedy, random_seed, num_samples, stop, unknown, dynamic):
     """Generate text, streamed to stdout as it is drawn.
 
     The prompt is not repeated in the output. Each sample ends with a newline.
@@ -388,6 +391,8 @@ def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, 
     prompt = _read_utf8(seed_file) if seed_file is not None else (seed_text or "")
     ckpt = _open(model_path)
     tok = ckpt.tokenizer
+    if dynamic:
+        _adapt(ckpt, prompt, "the prompt")
     if unknown == "replace":
         missing = unknown_prompt_tokens(tok, prompt)
         if missing:
@@ -484,7 +489,8 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
 @click.option("--chars", type=POSITIVE_INT, default=1, show_default=True, help="Tokens per candidate (beam search above 1).")
 @click.option("--beam-width", type=POSITIVE_INT, help="Paths kept by the beam search (default: max(top, 16)).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per input line.")
-def predict(model_path, text, top, chars, beam_width, as_json):
+@click.option("--adapt", "adapt_file", type=str, help="First learn from this text (dynamic evaluation): predictions follow its names and style.")
+def predict(model_path, text, top, chars, beam_width, as_json, adapt_file):
     """The most probable continuations of a text, with their probabilities.
 
     With standard input, every line is one text (without its newline) and gets its answer as soon
@@ -496,6 +502,8 @@ def predict(model_path, text, top, chars, beam_width, as_json):
     if beam_width is not None and beam_width < top:
         raise click.BadParameter(f"must be at least --top ({top})", param_hint="--beam-width")
     ckpt = _open(model_path)
+    if adapt_file is not None:
+        _adapt(ckpt, _read_utf8(adapt_file), adapt_file)
 
     def answer(line: str) -> None:
         if chars == 1:
@@ -522,6 +530,21 @@ def predict(model_path, text, top, chars, beam_width, as_json):
         except UnicodeDecodeError as e:
             raise click.ClickException(f"standard input line {number} is not valid UTF-8 (byte {e.start} of the line)") from None
         answer(line.removesuffix("\n").removesuffix("\r"))
+
+
+def _adapt(ckpt, text: str, where: str) -> None:
+    """Dynamic evaluation over ``text``: the model's weights adapt to it (in memory only)."""
+    from charrnn.dynamic import DynamicConfig, dynamic_evaluate
+
+    ids = ckpt.tokenizer.encode(text)
+    if len(ids) < 2:
+        raise click.ClickException(f"{where} is too short to learn from (it needs at least 2 {ckpt.tokenizer.level}s)")
+    result = dynamic_evaluate(ckpt.model, ckpt.tokenizer, ids, DynamicConfig())
+    _warn_info(f"adapted to {where}: {result['chars']:,} {ckpt.tokenizer.level}s at {result['bits_per_char']:.3f} bits each")
+
+
+def _warn_info(message: str) -> None:
+    click.echo(f"charrnn: {message}", err=True)
 
 
 # -- info -----------------------------------------------------------------------------------------

@@ -437,3 +437,31 @@ def test_process_ctrl_c_saves_and_exits_130(tmp_path):
     assert proc.returncode == 130, err.decode()
     assert "stopped (interrupted)" in err.decode() and b"Traceback" not in err
     assert list((tmp_path / "m").glob("ckpt-*.npz"))
+
+
+def test_dynamic_adaptation_for_sample_and_predict(tmp_path):
+    """--dynamic (sample) and --adapt (predict) learn from a text first; output stays clean."""
+    from click.testing import CliRunner
+
+    from charrnn.cli import cli
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("我喜欢学习数学。我喜欢看书。" * 60 + "the cat sat on the mat. " * 40, encoding="utf-8")
+    model = tmp_path / "m"
+    runner = CliRunner()
+    r = runner.invoke(cli, ["train", str(corpus), "-m", str(model), "--hidden-size", "16", "--steps", "20",
+                            "--seq-len", "16", "--batch-size", "4", "-q"])
+    assert r.exit_code == 0, r.output
+    prompt = tmp_path / "p.txt"
+    prompt.write_text("我喜欢学习数学。" * 20, encoding="utf-8")
+    r = runner.invoke(cli, ["sample", "-m", str(model), "--seed-file", str(prompt), "--dynamic", "-n", "5", "--random-seed", "1"])
+    assert r.exit_code == 0, r.output
+    assert "adapted to the prompt" in r.stderr and "adapted" not in r.stdout
+    r = runner.invoke(cli, ["predict", "-m", str(model), "--adapt", str(prompt), "--text", "我喜欢", "--json"])
+    assert r.exit_code == 0, r.output
+    assert "adapted to" in r.stderr
+    import json as _json
+
+    assert _json.loads(r.stdout)["candidates"]
+    r = runner.invoke(cli, ["sample", "-m", str(model), "--seed", "我", "--dynamic"])
+    assert r.exit_code == 1 and "too short" in r.stderr
