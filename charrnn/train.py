@@ -178,13 +178,17 @@ class Trainer:
     # loss (an MPI allreduce); and which of the batch's streams this process owns
     reduce_gradient: Callable[[np.ndarray, float], float] | None = None
     streams: slice = field(default_factory=lambda: slice(None))
-    # (charrnn.distributed sets these too) every process's reason to stop -> the one they all
-    # share, so that they end at the same step; every process's part of a checkpoint -> the whole
-    # checkpoint on the process that saves (None on the others); validation split among processes
-    agree_stop: Callable[[str | None], str | None] | None = None
+    # (charrnn.distributed sets these too) every process's (reason to stop, fraction of the
+    # budget done) -> the pair they all share, so that they end at the same step and follow the
+    # same schedule although their clocks differ; every process's part of a checkpoint -> the
+    # whole checkpoint on the process that saves (None on the others); validation split among
+    # processes; a generator for dropout of this process's own (else ``rng``, which must stay the
+    # same in every process: it draws the unknown-token noise for the whole batch)
+    agree_stop: Callable[[str | None, float | None], tuple[str | None, float | None]] | None = None
     gather_checkpoint: Callable[[Checkpoint], Checkpoint | None] | None = None
     score_validation: Callable[[Model, np.ndarray, int, int], float] | None = None
     restored_meta: dict | None = field(default=None, repr=False)  # of the checkpoint restored
+    dropout_rng: np.random.Generator | None = field(default=None, repr=False)
 
     def __post_init__(self):
         c = self.config
@@ -262,7 +266,7 @@ class Trainer:
         inputs, targets = self.batches.chunk(self.chunk, self.streams)
         if c.unknown_rate:
             inputs, targets = self._unknown_noise(inputs, targets)
-        rng = self.rng if c.dropout else None
+        rng = (self.rng if self.dropout_rng is None else self.dropout_rng) if c.dropout else None
         loss, g, s_last = self.model.loss_and_flat_grad(inputs, targets, self.s, rng)
         if self.reduce_gradient is not None:
             loss = self.reduce_gradient(g, loss)
@@ -324,7 +328,6 @@ class Trainer:
         tokens_per_step = self.batches.batch_size * c.seq_len
         loss, lr, val_bpc, losses = None, 0.0, None, []
         while (reason := self._stop_reason(budget)) is None:
-            self.schedule_progress = budget.fraction(self)
             loss, lr = self.train_step()
             losses.append(loss)
             rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
@@ -346,8 +349,12 @@ class Trainer:
         yield self._progress("done", loss, val_bpc, lr, rate, budget, reason=reason)
 
     def _stop_reason(self, budget: _Budget) -> str | None:
-        reason = budget.reason(self)
-        return reason if self.agree_stop is None else self.agree_stop(reason)
+        """Why to stop now (None: go on); also sets the schedule's progress for the next step."""
+        reason, progress = budget.reason(self), budget.fraction(self)
+        if self.agree_stop is not None:
+            reason, progress = self.agree_stop(reason, progress)
+        self.schedule_progress = progress
+        return reason
 
     def _evaluate_and_record(self, mean_loss: float) -> float | None:
         record = {"step": self.step, "train_loss": round(mean_loss, 5)}
