@@ -7,18 +7,28 @@ of its own mean loss. One ``Allreduce`` per step sums the flat gradient (P numbe
 loss as one more) and divides by R. Each part holds B/R streams, so the mean of the R means is
 the mean over all B streams: every rank applies the update one process would apply to the whole
 batch, and the weights stay identical on all ranks (checked at every save). One more
-``Allreduce`` of a single integer per step lets the ranks agree on when to stop (the time limit
-is rank 0's clock; Ctrl-C on any rank stops all of them at the same step).
+``Allreduce`` of two numbers per step lets the ranks agree on when to stop and where the
+schedule is (the time limit is rank 0's clock; Ctrl-C on any rank stops all of them at the same
+step). The run's random generator stays the same on every rank (the unknown-token noise is drawn
+for the whole batch, then cut to the rank's streams); dropout noise comes from a generator of
+each rank's own.
 
 Rank 0 alone reads the corpus to build the vocabulary, builds the id cache, takes the store's
 lock, and reads and writes checkpoints; it sends the other ranks what they need (settings,
 vocabulary, weights, optimizer buffers, carried state) by broadcast, so they never touch the
 store. A checkpoint holds the full (B, S) carried state gathered from all ranks and every rank's
-random generator: a resumed run continues exactly (with another number of ranks, or in one
+dropout generator: a resumed run continues exactly (with another number of ranks, or in one
 process, it continues up to float rounding; dropout noise is then drawn afresh).
 
 Validation is shared too: rank r scores its part of the validation streams, and one Allreduce
 sums the log-losses, giving one process's bits per character.
+
+A rank that fails must not leave the others waiting forever in a collective. From ``connect``
+until the trainer's ``run()`` ends, an exception on a rank prints one line naming the rank and calls
+MPI_Abort, which ends every rank; a rank that exits any other way in that time aborts the job
+from an ``atexit`` handler; a killed rank is noticed by mpiexec, which ends the others.
+Checkpoints are written atomically, so the last one stays intact. What every rank raises at the
+same moment (a mistake found by rank 0 while setting up, a diverged loss) ends the job normally.
 
 Everything travels as NumPy buffers (metadata as UTF-8 JSON bytes): no pickle. ``mpi4py`` is
 imported only when a run is distributed (``connect``), never in a normal run.
@@ -26,11 +36,13 @@ imported only when a run is distributed (``connect``), never in a normal run.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import sys
 import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -52,9 +64,9 @@ STOP_REASONS = (None, "steps", "epochs", "early-stop", "max-time", "interrupted"
 
 
 class JobError(ValueError):
-    """A mistake every rank learned of at the same moment (found by rank 0 while setting up, a
-    diverged loss, weights that differ between ranks): every rank raises it and the job can end
-    normally. Rank 0 reports it; on the others ``reported_elsewhere`` is True."""
+    """A failure every rank learns of at the same moment, so that the job can end normally: on
+    the ranks other than 0 when rank 0 failed to set up (rank 0 raises its own error and reports
+    it; here ``reported_elsewhere`` is True), and on every rank when the weights differ."""
 
     def __init__(self, message: str, reported_elsewhere: bool = False):
         super().__init__(message)
@@ -98,7 +110,10 @@ def connect(distributed: bool | None = None, environ=None) -> World | None:
             f"mpiexec started {size} processes but MPI sees {comm.Get_size()}: that mpiexec belongs to "
             f"another MPI than mpi4py's; use the mpiexec installed with it (beside {sys.executable})"
         )
-    return World(comm, MPI)
+    world = World(comm, MPI)
+    world.busy = True  # from now on a rank that ends early would strand the others
+    atexit.register(world._abort_if_busy)  # runs before mpi4py finalizes MPI
+    return world
 
 
 def shares(n: int, size: int) -> list[slice]:
@@ -115,6 +130,7 @@ class World:
         self.comm, self.MPI = comm, MPI
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
         self.host = MPI.Get_processor_name()
+        self.busy = False  # the other ranks count on this one (from connect to the end of run)
         self._buffer: np.ndarray | None = None  # (P + 1,): the gradient and the loss
 
     @property
@@ -147,15 +163,17 @@ class World:
         np.multiply(buf[:P], 1.0 / self.size, out=g)
         return float(buf[P]) / self.size
 
-    def agree_stop(self, reason: str | None) -> str | None:
-        """The reason to stop that every rank shares (an Allreduce of one integer): rank 0's,
-        or an interruption on any rank. The other limits (steps, epochs, patience) are the same
-        on all ranks; only rank 0's clock counts for the time limit."""
+    def agree_stop(self, reason: str | None, progress: float | None) -> tuple[str | None, float | None]:
+        """The reason to stop and the fraction of the budget done that every rank shares (one
+        Allreduce of two numbers): rank 0's, or an interruption on any rank. Only rank 0's clock
+        counts for the time limit and the schedule; the other limits are the same on all ranks."""
         local = reason if self.is_root or reason == "interrupted" else None
-        code = np.array([STOP_REASONS.index(local) if local in STOP_REASONS else len(STOP_REASONS)], np.int32)
-        self.comm.Allreduce(self.MPI.IN_PLACE, code, op=self.MPI.MAX)
-        c = int(code[0])
-        return STOP_REASONS[c] if c < len(STOP_REASONS) else (reason or "stopped")
+        code = STOP_REASONS.index(local) if local in STOP_REASONS else len(STOP_REASONS)
+        shared = np.array([code, (-1.0 if progress is None else progress) if self.is_root else -2.0])
+        self.comm.Allreduce(self.MPI.IN_PLACE, shared, op=self.MPI.MAX)
+        c = int(shared[0])
+        reason = STOP_REASONS[c] if c < len(STOP_REASONS) else (reason or "stopped")
+        return reason, (None if shared[1] < 0 else float(shared[1]))
 
     def bcast_array_(self, a: np.ndarray) -> np.ndarray:
         """Overwrite ``a`` (contiguous) with rank 0's array of the same shape and dtype."""
@@ -254,9 +272,15 @@ class World:
         self.comm.Allreduce(self.MPI.IN_PLACE, totals, op=self.MPI.SUM)
         return float(totals[0] / totals[1] / math.log(2))
 
-    def abort(self, code: int = 1) -> None:
-        """Ask MPI to end every rank of the job (MPI_Abort; with MPICH it may return first)."""
-        self.comm.Abort(code)
+    def abort(self, why: str) -> None:
+        """Say on stderr why this rank fails, then end every rank of the job (MPI_Abort)."""
+        os.write(2, f"charrnn: rank {self.rank} of {self.size} ({self.host}) {why}; stopping all ranks\n".encode())
+        self.comm.Abort(1)
+        os._exit(1)  # MPI_Abort may return before the launcher ends this process
+
+    def _abort_if_busy(self) -> None:
+        if self.busy:
+            self.abort("ended while the other ranks still needed it")
 
 
 # -- setting up a run ---------------------------------------------------------------------------
@@ -264,7 +288,7 @@ class World:
 
 def prepare(
     world: World,
-    config: TrainConfig,
+    config: TrainConfig | Callable[[], TrainConfig],
     corpus_names: list[str],
     store: ModelStore | None,
     *,
@@ -276,37 +300,55 @@ def prepare(
 ) -> Trainer:
     """Everything before the first step of a distributed run (collective: every rank calls it).
 
-    Rank 0 does what ``charrnn.train.prepare`` does (read the corpus, build the vocabulary and
-    the id cache, build or restore the run), holding the store's lock if ``lock``; then it sends
-    the other ranks the settings, vocabulary, weights, optimizer buffers and carried state. They
-    open the id cache rank 0 built (a machine that cannot see it encodes the corpus once, into the
-    same path). Each rank keeps only its B/R streams. A mistake found on rank 0 raises JobError
-    on every rank; ``store`` is used on rank 0 only.
+    Rank 0 takes the store's lock (if ``lock``) and does what ``charrnn.train.prepare`` does:
+    read the corpus, build the vocabulary and the id cache, build or restore the run. It then
+    sends the other ranks the settings, vocabulary, weights, optimizer buffers and carried state;
+    they open the id cache rank 0 built (a machine that cannot see it encodes the corpus once,
+    into the same path). Each rank keeps only its B/R streams.
+
+    ``config`` and ``store`` are used on rank 0 only. ``config`` may be a function returning the
+    settings: rank 0 calls it under the lock, so it may read the store (a resumed run's settings)
+    and refuse to go on. If rank 0 fails before the others hear from it, it raises its own error
+    and the others raise JobError (``reported_elsewhere``); a later failure on any rank aborts
+    the job (see the module docstring). The returned trainer's ``run()`` is guarded the same way.
     """
+    world.busy = True
     if world.is_root:
         try:
             if lock and store is not None:
                 store.lock()
+            if callable(config):
+                config = config()
             trainer = prepare_one(
                 config, corpus_names, store, resume=resume, fine_tune=fine_tune,
                 encoding_errors=encoding_errors, stdin=stdin,
             )
             world.streams(trainer.config.batch_size)  # refuse a batch the ranks cannot share
             setup = _describe(trainer)
-        except ValueError as e:
-            world.bcast_json({"error": str(e)})
-            raise JobError(str(e)) from e
+        except BaseException as e:
+            world.bcast_json({"error": _one_line(e)})
+            world.busy = False  # every rank ends here
+            raise
         world.bcast_json(setup)
     else:
         setup = world.bcast_json()
         if "error" in setup:
+            world.busy = False
             raise JobError(setup["error"], reported_elsewhere=True)
-    ids = _open_ids(world, setup, corpus_names, encoding_errors)  # collective; None on rank 0
-    if not world.is_root:
-        trainer = _rebuild(setup, ids)
-    full_state = _send_numbers(world, trainer, setup)
-    _attach(world, trainer, full_state, setup, store)
+    with _abort_on_failure(world):
+        ids = _open_ids(world, setup, corpus_names, encoding_errors)  # collective; None on rank 0
+        if not world.is_root:
+            trainer = _rebuild(setup, ids)
+        full_state = _send_numbers(world, trainer, setup)
+        _attach(world, trainer, full_state, setup, store)
     return trainer
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 def _describe(trainer: Trainer) -> dict:
@@ -338,6 +380,7 @@ def _describe(trainer: Trainer) -> dict:
             "evals_since_best": trainer.evals_since_best,
             "optimizer": opt,
             "buffers": sorted(buffers),
+            "rng": trainer.rng.bit_generator.state,
             "rank_rngs": meta.get("rank_rngs"),
         },
     }
@@ -436,18 +479,20 @@ def _attach(world: World, trainer: Trainer, full_state: np.ndarray, setup: dict,
     trainer.streams = world.streams(trainer.config.batch_size)
     trainer.s = full_state[trainer.streams].copy()
     trainer.store = store if world.is_root else None
+    # the run's generator stays the same on every rank (it draws noise for the whole batch);
+    # dropout noise comes from a generator of each rank's own
+    trainer.rng.bit_generator.state = setup["run"]["rng"]
+    trainer.dropout_rng = np.random.default_rng([trainer.config.seed, world.rank, trainer.step])
     rngs = setup["run"]["rank_rngs"]
     if isinstance(rngs, list) and len(rngs) == world.size:  # resuming a run of as many ranks
-        trainer.rng.bit_generator.state = rngs[world.rank]
-    elif not world.is_root:  # each rank draws its own dropout noise; rank 0 keeps the run's
-        trainer.rng = np.random.default_rng([trainer.config.seed, world.rank, trainer.step])
+        trainer.dropout_rng.bit_generator.state = rngs[world.rank]
     trainer.reduce_gradient = world.reduce_gradient
     trainer.agree_stop = world.agree_stop
     trainer.score_validation = world.validation_bpc
 
     def gather_checkpoint(ckpt: Checkpoint) -> Checkpoint | None:
         full = world.gather_rows(ckpt.arrays["state"])
-        rngs = world.gather_json(trainer.rng.bit_generator.state)
+        rngs = world.gather_json(trainer.dropout_rng.bit_generator.state)
         world.check_same_weights(trainer.model.theta)
         if not world.is_root:
             return None
@@ -457,35 +502,32 @@ def _attach(world: World, trainer: Trainer, full_state: np.ndarray, setup: dict,
         return ckpt
 
     trainer.gather_checkpoint = gather_checkpoint
+    run = trainer.run
+    trainer.run = lambda: _guarded_run(world, run())  # this instance's run, guarded
 
 
 # -- failures -----------------------------------------------------------------------------------
 
 
 @contextmanager
-def abort_on_failure(world: World):
-    """Run this rank's part of the job so that a failure here ends every rank, instead of
-    leaving the others waiting for it forever.
-
-    An exception (or Ctrl-C) escaping the block prints one line on stderr naming the rank and
-    its machine, then MPI_Abort ends the whole job with status 1. JobError, and DivergedError
-    (which every rank raises at the same step), pass through as JobError, so that every rank can
-    end normally. Checkpoints are written atomically: the last one stays intact.
-    """
+def _abort_on_failure(world: World):
+    """An exception (or Ctrl-C) escaping the block ends every rank, with one line on stderr;
+    except JobError and DivergedError, which every rank raises at the same step."""
     try:
         yield
-    except JobError:
+    except (JobError, DivergedError):
+        world.busy = False
         raise
-    except DivergedError as e:
-        raise JobError(str(e), reported_elsewhere=not world.is_root) from e
-    except BaseException as e:  # noqa: B036 - even SystemExit and Ctrl-C must not strand the others
+    except GeneratorExit:  # the caller dropped run() (its own error): abort when it exits
+        raise
+    except BaseException as e:  # even SystemExit must not leave the others waiting
         if isinstance(e, KeyboardInterrupt):
-            what = "was interrupted"
-        elif isinstance(e, ValueError):
-            what = f"failed: {e}"
-        else:
-            what = f"failed: {type(e).__name__}: {e}"
-        sys.stderr.write(f"charrnn: rank {world.rank} of {world.size} ({world.host}) {what}; stopping all ranks\n")
-        sys.stderr.flush()
-        world.abort(1)
-        os._exit(1)  # MPI_Abort may return before the launcher ends this process: no traceback
+            world.abort("was interrupted")
+        world.abort(f"failed: {e}" if isinstance(e, ValueError) else f"failed: {type(e).__name__}: {e}")
+
+
+def _guarded_run(world: World, records: Iterator) -> Iterator:
+    """``Trainer.run()`` for one rank of a job: a failure in it ends every rank."""
+    with _abort_on_failure(world):
+        yield from records
+    world.busy = False  # every rank has finished (and rank 0 has saved)

@@ -43,7 +43,12 @@ needs_mpi = pytest.mark.skipif(
 
 
 def drive(spec: dict) -> int:
-    """Train as the spec says on this rank; the root writes its final weights to spec["out"]."""
+    """Train as the spec says on this rank; the root writes its final weights to spec["out"].
+
+    spec["fail"] = {"rank", "step", "how"} makes that rank fail at that step: "inside" raises in
+    the training step, "raise" in the loop over the records, "exit" leaves quietly, "kill" is
+    kill -9.
+    """
     from charrnn import distributed
     from charrnn.checkpoint import ModelStore
     from charrnn.train import TrainConfig
@@ -52,22 +57,33 @@ def drive(spec: dict) -> int:
     store = ModelStore(spec["store"]) if spec.get("store") else None
     fail = spec.get("fail") or {}
     try:
-        with distributed.abort_on_failure(world):
-            trainer = distributed.prepare(
-                world, TrainConfig(**spec["config"]), spec["corpus"], store, resume=spec.get("resume", False)
-            )
-            for record in trainer.run():
-                if record.event == "step" and world.rank == fail.get("rank") and record.step == fail.get("step"):
-                    if fail["how"] == "kill":
-                        os.kill(os.getpid(), 9)
-                    raise RuntimeError("injected failure")
-            if world.is_root:
-                np.save(spec["out"], trainer.model.theta)
-                print(json.dumps({"reason": record.reason, "step": trainer.step}), file=sys.stderr)
+        trainer = distributed.prepare(
+            world, TrainConfig(**spec["config"]), spec["corpus"], store, resume=spec.get("resume", False)
+        )
     except distributed.JobError as e:
-        if not e.reported_elsewhere:
-            print(f"Error: {e}", file=sys.stderr)
+        return 1 if e.reported_elsewhere else print(f"Error: {e}", file=sys.stderr) or 1
+    except ValueError as e:  # rank 0's own mistake, which the others heard of
+        print(f"Error: {e}", file=sys.stderr)
         return 1
+    if fail.get("how") == "inside" and world.rank == fail["rank"]:
+        step = trainer.train_step
+
+        def failing_step():
+            if trainer.step + 1 == fail["step"]:
+                raise OSError(28, "No space left on device")
+            return step()
+
+        trainer.train_step = failing_step
+    for record in trainer.run():
+        if record.event == "step" and world.rank == fail.get("rank") and record.step == fail.get("step"):
+            if fail["how"] == "kill":
+                os.kill(os.getpid(), 9)
+            if fail["how"] == "exit":
+                return 0
+            raise RuntimeError("injected failure")
+    if world.is_root:
+        np.save(spec["out"], trainer.model.theta)
+        print(json.dumps({"reason": record.reason, "step": trainer.step}), file=sys.stderr)
     return 0
 
 
@@ -228,7 +244,7 @@ def test_a_mistake_found_by_rank_0_ends_every_rank_with_one_message(runs, tmp_pa
 
 
 @needs_mpi
-@pytest.mark.parametrize("how, rank", [("raise", 1), ("kill", 0), ("kill", 1)])
+@pytest.mark.parametrize("how, rank", [("inside", 0), ("raise", 1), ("exit", 1), ("kill", 0), ("kill", 1)])
 def test_a_failing_rank_stops_the_whole_job_and_keeps_the_last_checkpoint(runs, tmp_path, how, rank):
     spec = dict(
         corpus=[str(runs / "corpus.txt")], store=str(tmp_path / "m"), config=dict(CONFIG, steps=1000),
@@ -236,10 +252,15 @@ def test_a_failing_rank_stops_the_whole_job_and_keeps_the_last_checkpoint(runs, 
     )
     started = time.monotonic()
     result = launch(spec, tmp_path, timeout=45)  # a hang would raise TimeoutExpired
-    assert result.returncode != 0
+    err = result.stderr
+    assert result.returncode != 0, err
     assert time.monotonic() - started < 30
-    if how == "raise":
-        assert "charrnn: rank 1 of 2" in result.stderr and "RuntimeError: injected failure" in result.stderr
+    if how == "inside":  # the rank names itself and its error in one line
+        assert "charrnn: rank 0 of 2" in err and "failed: OSError: [Errno 28] No space left" in err, err
+    if how == "raise":  # Python's traceback, then the rank aborts the job as it exits
+        assert "RuntimeError: injected failure" in err, err
+    if how in ("raise", "exit"):
+        assert "charrnn: rank 1 of 2" in err and "ended while the other ranks still needed it" in err, err
     ckpt = latest(tmp_path / "m")  # saved at step 5, intact
     assert ckpt.step == 5 and ckpt.arrays["state"].shape == (16, 32)
 
