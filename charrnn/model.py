@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from charrnn.threads import parallel_map, stream_groups
+
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
 
@@ -60,6 +62,10 @@ def softmax_(o: np.ndarray) -> np.ndarray:
 # Up to this vocabulary size the embedding gradient is one matrix product with a one-hot
 # matrix (2 K flops per entry of da, at BLAS speed); above it, a scatter-add (np.add.at).
 ONE_HOT_MAX_VOCAB = 96
+
+# With more than one worker (``charrnn.threads.set_workers``), the streams of a batch are split
+# into groups of at least this many, each run by its own thread.
+MIN_STREAMS_PER_WORKER = 8
 
 
 def embedding_grad(x: np.ndarray, da: np.ndarray, dU: np.ndarray) -> None:
@@ -101,23 +107,26 @@ def cross_entropy_grad_(p: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
     return loss, p
 
 
-def softmax_cross_entropy_(o: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def softmax_cross_entropy_(o: np.ndarray, y: np.ndarray, total: int | None = None) -> tuple[float, np.ndarray]:
     """``softmax_`` then ``cross_entropy_grad_`` in one go, in place in the logits o.
 
-    o: (N, K) logits (overwritten by do = (softmax(o) - onehot(y)) / N), y: (N,) ints. Returns
-    the mean -log p[y] from the logits (``log sum exp - o_y``, exact even where p[y] underflows)
-    and do. One pass over o fewer than the two-step form: the 1/N rides on the normalization.
+    o: (N, K) logits (overwritten by do = (softmax(o) - onehot(y)) / total), y: (N,) ints,
+    ``total`` the number of rows the loss is a mean over (default N; more when o holds one group
+    of a batch's rows). Returns sum(-log p[y]) / total, from the logits (``log sum exp - o_y``,
+    exact even where p[y] underflows), and do. One pass over o fewer than the two-step form: the
+    1/total rides on the normalization.
     """
     N = len(y)
+    total = N if total is None else total
     rows = np.arange(N)
     o -= o.max(axis=-1, keepdims=True)
     o_y = o[rows, y].astype(np.float64)  # shifted logit of each target
     np.exp(o, out=o)
     z = o.sum(axis=-1, keepdims=True)  # (N, 1)
-    loss = float((np.log(z[:, 0].astype(np.float64)) - o_y).mean())
-    z *= N
-    o /= z  # p / N
-    o[rows, y] -= 1.0 / N
+    loss = float((np.log(z[:, 0].astype(np.float64)) - o_y).sum() / total)
+    z *= total
+    o /= z  # p / total
+    o[rows, y] -= 1.0 / total
     return loss, o
 
 
@@ -305,9 +314,26 @@ class RNN(Model):
         ``rng`` is accepted for the common interface; the vanilla RNN has no dropout.
         """
         x = np.asarray(inputs).T  # (T, B): time-major, so each step reads contiguous rows
-        S = self._states(x, np.asarray(s0, dtype=self.dtype))
-        p = softmax_(self._logits(S))  # (T*B, K)
+        S, p = self._forward_groups(x, np.asarray(s0, dtype=self.dtype), softmax_)
         return p, (x, S), S[-1, :, : self.hidden_size].copy()
+
+    def _forward_groups(self, x: np.ndarray, s0: np.ndarray, normalize):
+        """S (T+1, B, H+1) and ``normalize(o)`` (T*B, K) time-major, the streams split over workers."""
+        T, B = x.shape
+        groups = stream_groups(B, MIN_STREAMS_PER_WORKER)
+        if len(groups) == 1:
+            S = self._states(x, s0)
+            return S, normalize(self._logits(S))
+        S = np.empty((T + 1, B, self.hidden_size + 1), dtype=self.dtype)
+        out = np.empty((T * B, self.vocab_size), dtype=self.dtype)
+
+        def run(group: slice) -> None:  # each worker writes its own streams of S and out
+            S_g = self._states(np.ascontiguousarray(x[:, group]), s0[group])
+            S[:, group] = S_g
+            out.reshape(T, B, -1)[:, group] = normalize(self._logits(S_g)).reshape(T, -1, self.vocab_size)
+
+        parallel_map(run, groups)
+        return S, out
 
     def backward(self, do: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
         """BPTT through one chunk. do (T*B, K) = dE/do; fills ``grads`` (zeroed) in place."""
@@ -341,21 +367,35 @@ class RNN(Model):
         embedding_grad(x.reshape(-1), da_flat, dU)  # dU[x_t] += da_t
 
     def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
-        """Like ``Model.loss_and_flat_grad``, with the softmax and the loss gradient fused."""
+        """Like ``Model.loss_and_flat_grad``, with the softmax and the loss gradient fused.
+
+        With several workers, each group of streams runs forward and backward on its own thread
+        into its own gradient (already divided by all B*T rows), and the gradients are summed.
+        """
         inputs, targets, s0 = self._check(inputs, targets, s0)
-        x = inputs.T  # (T, B)
-        S = self._states(x, s0)
-        loss, do = softmax_cross_entropy_(self._logits(S), targets.T.reshape(-1))
-        g = np.empty_like(self.theta)
-        self._backward_flat(do, (x, S), g)
-        return loss, g, S[-1, :, : self.hidden_size].copy()
+        x, y = inputs.T, targets.T  # (T, B)
+        T, B = x.shape
+
+        def run(group: slice):
+            x_g = np.ascontiguousarray(x[:, group])  # (T, B_g)
+            S = self._states(x_g, s0[group])
+            loss, do = softmax_cross_entropy_(self._logits(S), y[:, group].reshape(-1), total=T * B)
+            g = np.empty_like(self.theta)
+            self._backward_flat(do, (x_g, S), g)
+            return loss, g, S[-1, :, : self.hidden_size]
+
+        results = parallel_map(run, stream_groups(B, MIN_STREAMS_PER_WORKER))
+        loss, g, _ = results[0]
+        for loss_g, g_g, _ in results[1:]:
+            loss += loss_g
+            g += g_g
+        return loss, g, np.concatenate([s for _, _, s in results])
 
     def log_probs(self, inputs, s0=None):
         """Forward only: log p for every position, (B, T, K), and the last state (B, S)."""
         inputs, _, s0 = self._check(inputs, None, s0)
         B, T = inputs.shape
-        S = self._states(inputs.T, s0)
-        logp = log_softmax_(self._logits(S))  # (T*B, K), time-major
+        S, logp = self._forward_groups(inputs.T, s0, log_softmax_)  # (T*B, K), time-major
         return logp.reshape(T, B, -1).transpose(1, 0, 2), S[-1, :, : self.hidden_size].copy()
 
     def step(self, x, s=None):

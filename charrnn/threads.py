@@ -12,9 +12,11 @@ started afterwards) and returns False.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import glob
 import os
+import threading
 
 import numpy as np
 
@@ -128,3 +130,49 @@ def default_threads(hidden_size: int, batch_size: int) -> int:
     if user is not None:
         return user
     return 1
+
+
+# -- stream workers ------------------------------------------------------------------------------
+#
+# The B streams of a batch are independent until their gradients are summed, so the engine can
+# hand groups of streams to Python threads, each calling a single-threaded BLAS: NumPy releases
+# the GIL inside matrix products and ufuncs. Unlike a multi-threaded BLAS, the threads meet once
+# per chunk, not once per product, so a busy core slows them down instead of stalling them.
+
+_workers = 1
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def set_workers(n: int) -> None:
+    """Split the streams of each batch over ``n`` threads from now on (1: no splitting)."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"the number of workers must be a positive integer, got {n!r}")
+    global _workers
+    _workers = int(n)
+
+
+def get_workers() -> int:
+    """The number of threads the streams of a batch are split over."""
+    return _workers
+
+
+def stream_groups(batch_size: int, min_streams: int) -> list[slice]:
+    """Contiguous groups of the ``batch_size`` streams, one per worker, each of >= ``min_streams``."""
+    n = max(1, min(_workers, batch_size // max(1, min_streams)))
+    bounds = [batch_size * i // n for i in range(n + 1)]
+    return [slice(bounds[i], bounds[i + 1]) for i in range(n)]
+
+
+def parallel_map(fn, items: list) -> list:
+    """``[fn(item) for item in items]``, the items run at once on worker threads and the caller's."""
+    if len(items) <= 1:
+        return [fn(item) for item in items]
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < len(items) - 1:
+            _pool = concurrent.futures.ThreadPoolExecutor(len(items) - 1, thread_name_prefix="charrnn")
+        pool = _pool
+    futures = [pool.submit(fn, item) for item in items[:-1]]
+    last = fn(items[-1])
+    return [f.result() for f in futures] + [last]

@@ -1,5 +1,7 @@
 """The RNN: gradients proven by central differences, vectorized code equal to a slow loop."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -331,3 +333,70 @@ def test_step_sees_parameter_updates():
     o = expected_s @ m.V + m.c
     np.testing.assert_allclose(after, np.exp(o) / np.exp(o).sum(), rtol=1e-5)
     assert not np.allclose(before, after)
+
+
+# -- streams split over worker threads ------------------------------------------------------------
+
+from charrnn import threads
+from charrnn.model import MIN_STREAMS_PER_WORKER
+
+
+@pytest.fixture
+def workers():
+    """Set the number of stream workers for one test, restoring 1 after."""
+    yield threads.set_workers
+    threads.set_workers(1)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_split_streams_equal_one_thread(n, workers):
+    m, inputs, targets, s0 = make_problem(K=11, H=7, B=n * MIN_STREAMS_PER_WORKER + 1, T=6, seed=31)
+    loss1, g1, s1 = m.loss_and_flat_grad(inputs, targets, s0)
+    p1, cache1, sf1 = m.forward(inputs, s0)
+    logp1, sl1 = m.log_probs(inputs, s0)
+    workers(n)
+    assert len(threads.stream_groups(len(inputs), MIN_STREAMS_PER_WORKER)) == n
+    loss2, g2, s2 = m.loss_and_flat_grad(inputs, targets, s0)
+    p2, cache2, sf2 = m.forward(inputs, s0)
+    logp2, sl2 = m.log_probs(inputs, s0)
+    assert loss2 == pytest.approx(loss1, rel=1e-12)
+    np.testing.assert_allclose(g2, g1, rtol=1e-10, atol=1e-15)
+    for a, b in [(s2, s1), (p2, p1), (sf2, sf1), (logp2, logp1), (sl2, sl1), (cache2[1], cache1[1])]:
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    # the cache of a split forward feeds the (single-threaded) backward as well
+    _, do = cross_entropy_grad_(p2, targets.T.reshape(-1))
+    grads = {k: np.zeros_like(v) for k, v in m.params.items()}
+    m.backward(do, cache2, grads)
+    for name, view in m.unflatten(g1).items():
+        np.testing.assert_allclose(grads[name], view, rtol=1e-10, atol=1e-15)
+
+
+def test_split_streams_float32_and_cjk_training(workers):
+    """Training with two workers on CJK text reaches the same loss as with one."""
+    from charrnn.data import Batches
+    from charrnn.tokenizer import Tokenizer
+
+    text = "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。" * 30
+    tok = Tokenizer.fit(text)
+    batches = Batches(tok.encode(text), batch_size=2 * MIN_STREAMS_PER_WORKER, seq_len=8)
+    losses = {}
+    for n in (1, 2):
+        workers(n)
+        m = RNN(tok.vocab_size, 16, seed=0)
+        s = m.zero_state(batches.batch_size)
+        for k in range(3):
+            x, y = batches.chunk(k)
+            loss, g, s = m.loss_and_flat_grad(x, y, s)
+            m.theta -= 0.5 * g
+            assert g.dtype == np.float32 and s.dtype == np.float32
+        losses[n] = loss
+    assert losses[2] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_few_streams_are_not_split(workers):
+    workers(4)
+    assert threads.stream_groups(2 * MIN_STREAMS_PER_WORKER - 1, MIN_STREAMS_PER_WORKER) == [slice(0, 15)]
+    assert threads.stream_groups(1, MIN_STREAMS_PER_WORKER) == [slice(0, 1)]
+    groups = threads.stream_groups(100, MIN_STREAMS_PER_WORKER)
+    assert len(groups) == 4 and groups[0].start == 0 and groups[-1].stop == 100
+    assert all(a.stop == b.start for a, b in itertools.pairwise(groups))

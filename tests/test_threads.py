@@ -85,3 +85,32 @@ def test_env_setting_reaches_a_fresh_process():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "1"
+
+
+def test_workers_set_then_get():
+    try:
+        threads.set_workers(3)
+        assert threads.get_workers() == 3
+    finally:
+        threads.set_workers(1)
+    assert threads.get_workers() == 1
+    for bad in (0, -2, 1.5, None):
+        with pytest.raises(ValueError):
+            threads.set_workers(bad)
+
+
+def test_parallel_map_keeps_order_and_raises():
+    import threading
+
+    names = threads.parallel_map(lambda i: (i, threading.current_thread().name), list(range(4)))
+    assert [i for i, _ in names] == [0, 1, 2, 3]
+    assert len({name for _, name in names}) > 1  # really on several threads
+    assert threads.parallel_map(lambda i: i * 2, [5]) == [10]
+
+    def fail(i):
+        if i == 0:
+            raise ValueError("boom")
+        return i
+
+    with pytest.raises(ValueError, match="boom"):
+        threads.parallel_map(fail, [0, 1])
