@@ -315,6 +315,11 @@ def prepare(
     world.busy = True
     if world.is_root:
         try:
+            if "-" in corpus_names:
+                raise ValueError(
+                    "a distributed run cannot read the corpus from standard input (mpiexec hands it to rank 0 "
+                    "alone, and may give up on a large one): give the corpus as a file"
+                )
             if lock and store is not None:
                 store.lock()
             if callable(config):
@@ -426,11 +431,6 @@ def _encode_here(setup: dict, corpus_names: list[str], encoding_errors: str, cac
     text (SHA-256); into ``cache_dir`` (the path rank 0 used) or in memory."""
     from charrnn.corpus import encode_cached, scan
 
-    if "-" in corpus_names:
-        raise ValueError(
-            "standard input reaches rank 0 only, and this machine cannot see its id cache: "
-            "give the corpus as a file, with the model store (--model) on a shared filesystem"
-        )
     config = setup["config"]
     corpus = scan(corpus_names, config["level"], encoding_errors)
     if corpus.sha256 != setup["corpus"].get("sha256"):

@@ -96,7 +96,7 @@ def launch(spec: dict, tmp_path: Path, ranks: int = 2, timeout: float = 60) -> s
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(charrnn.__file__).parent.parent), env.get("PYTHONPATH", "")])
     command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(HERE), str(spec_path)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
 
 
 # -- tests with MPI -------------------------------------------------------------------------------
@@ -216,6 +216,17 @@ def test_resume_is_exact_with_dropout_noise_drawn_per_rank(runs, tmp_path):
 
 
 @needs_mpi
+def test_the_time_limit_and_the_schedule_follow_rank_0s_clock(runs, tmp_path):
+    config = dict(CONFIG, max_time=1.0, schedule="cosine", save_every=0)  # no step limit
+    spec = dict(corpus=[str(runs / "corpus.txt")], store=str(tmp_path / "m"), config=config, out=str(tmp_path / "w.npy"))
+    result = launch(spec, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stderr.strip().splitlines()[-1])["reason"] == "max-time"
+    ckpt = latest(tmp_path / "m")  # saving checked that both ranks hold the same weights
+    assert ckpt.step > 0 and ckpt.meta["ranks"] == 2
+
+
+@needs_mpi
 def test_without_a_store_every_rank_encodes_the_corpus(runs, tmp_path):
     from charrnn.train import TrainConfig, prepare
 
@@ -233,10 +244,12 @@ def test_without_a_store_every_rank_encodes_the_corpus(runs, tmp_path):
     [
         (dict(CONFIG, batch_size=15), "corpus.txt", "batch size 15 cannot be shared equally by 2 ranks"),
         (CONFIG, "missing.txt", "corpus not found"),
+        (CONFIG, "-", "a distributed run cannot read the corpus from standard input"),
     ],
 )
 def test_a_mistake_found_by_rank_0_ends_every_rank_with_one_message(runs, tmp_path, config, corpus, message):
-    spec = dict(corpus=[str(runs / corpus)], store=str(tmp_path / "m"), config=dict(config, steps=3), out=None)
+    name = corpus if corpus == "-" else str(runs / corpus)
+    spec = dict(corpus=[name], store=str(tmp_path / "m"), config=dict(config, steps=3), out=None)
     result = launch(spec, tmp_path, timeout=30)
     assert result.returncode == 1
     assert result.stderr.count(message) == 1, result.stderr
