@@ -1,11 +1,12 @@
-"""Training on a busy machine: chars/s with 1 and 2 BLAS threads, idle and with one core busy.
+"""Training on a busy machine: chars/s with 1 and 2 threads, idle and with one core busy.
 
 A second process spinning in ``while True: pass`` takes one core (it is always killed, whatever
 happens). A recurrent step is T small matrix products in a row; a 2-thread OpenBLAS meets its
 worker at the end of each one, and when that worker has to share its core the wait can cost
-much more than the product. The table shows each thread count idle and busy, and the default
-thread policy (``charrnn.threads.default_threads``) busy against 1 thread idle: it should keep at
-least half.
+much more than the product. Two stream workers (``charrnn.threads.set_workers``: groups of
+streams on two Python threads, each with a 1-thread BLAS) meet once per chunk instead. The table
+shows each setting idle and busy, and the default policy (``charrnn.threads.default_threads``,
+one worker) busy against 1 thread idle: it should keep at least half.
 
     python benchmarks/bench_busy.py
     python benchmarks/bench_busy.py --configs 65,512,64,100 --steps 3
@@ -19,11 +20,13 @@ import harness
 
 from charrnn.threads import default_threads
 
+SETTINGS = ((1, 1), (2, 1), (1, 2))  # (BLAS threads, stream workers)
 
-def measure(config, threads: int, steps: int, repeats: int) -> float:
-    harness.with_threads(threads)
-    step = harness.TrainingStep(*config)
-    return harness.median_rates({"train": step.run}, {"train": step.chars}, steps, repeats)["train"]
+
+def measure(config, settings, steps: int, repeats: int) -> dict:
+    """Median chars/s by (threads, workers), the settings taking turns."""
+    runs = {st: harness.TrainingStep(*config, threads=st[0], workers=st[1]).run for st in settings}
+    return harness.median_rates(runs, dict.fromkeys(runs, config[2] * config[3]), steps, repeats)
 
 
 def main(argv=None) -> None:
@@ -39,19 +42,19 @@ def main(argv=None) -> None:
           f"median of {args.repeats} x {args.steps} steps")
     rows = []
     for config in args.configs:
-        default = default_threads(config[1], config[2])
-        idle = {n: measure(config, n, args.steps, args.repeats) for n in (1, 2)}
+        default = (default_threads(config[1], config[2]), 1)
+        settings = tuple(dict.fromkeys((*SETTINGS, default)))
+        idle = measure(config, settings, args.steps, args.repeats)
         with harness.BusyCore():
-            busy = {n: measure(config, n, args.steps, args.repeats) for n in (1, 2)}
-            busy_default = busy.get(default) or measure(config, default, args.steps, args.repeats)
-        for n in (1, 2):
-            rows.append([harness.config_name(config), n, f"{idle[n]:,.0f}", f"{busy[n]:,.0f}",
-                         f"{busy[n] / idle[n]:.2f}", f"{idle[n] / idle[1]:.2f}"])
-        ratio = busy_default / idle[1]
-        rows.append([harness.config_name(config), f"default={default}", "", f"{busy_default:,.0f}",
+            busy = measure(config, settings, args.steps, args.repeats)
+        for st in SETTINGS:
+            rows.append([harness.config_name(config), st[0], st[1], f"{idle[st]:,.0f}", f"{busy[st]:,.0f}",
+                         f"{busy[st] / idle[st]:.2f}", f"{idle[st] / idle[(1, 1)]:.2f}"])
+        ratio = busy[default] / idle[(1, 1)]
+        rows.append([harness.config_name(config), f"default={default[0]}", default[1], "", f"{busy[default]:,.0f}",
                      "", f"{ratio:.2f} busy ({'ok' if ratio >= 0.5 else 'BELOW 0.5'})"])
-    harness.print_table(["config", "threads", "idle chars/s", "busy chars/s", "busy/idle", "vs 1 thread idle"],
-                        rows)
+    harness.print_table(["config", "threads", "workers", "idle chars/s", "busy chars/s", "busy/idle",
+                         "vs 1 thread idle"], rows)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ import harness
 from charrnn.model import RNN
 
 
-def forward_run(model: RNN, B: int, T: int, method: str):
+def forward_run(model: RNN, B: int, T: int, method: str, workers: int = 1):
     ids = harness.random_ids(model.vocab_size, (B, T), seed=1)
     state = {"s": model.zero_state(B)}
 
     def run(steps):
+        harness.use(None, workers)
         for _ in range(steps):
             if method == "forward":
                 _, _, state["s"] = model.forward(ids, state["s"])
@@ -34,12 +35,13 @@ def forward_run(model: RNN, B: int, T: int, method: str):
     return run
 
 
-def evaluate_run(model: RNN, chars: int, B: int, T: int):
+def evaluate_run(model: RNN, chars: int, B: int, T: int, workers: int = 1):
     from charrnn.evaluate import evaluate
 
     ids = harness.random_ids(model.vocab_size, chars + 1, seed=2)
 
     def run(steps):
+        harness.use(None, workers)
         for _ in range(steps):
             evaluate(model, None, ids, num_streams=B, seq_len=T)
 
@@ -55,6 +57,8 @@ def main(argv=None) -> None:
     parser.add_argument("--chars", type=int, default=50_000, help="text length for evaluate() (default: 50000)")
     parser.add_argument("--threads", type=harness.parse_threads, default=[1], metavar="N[,N...]",
                         help="BLAS thread counts to try (default: 1)")
+    parser.add_argument("--workers", type=harness.parse_threads, default=[1], metavar="N[,N...]",
+                        help="stream workers to try when scoring (default: 1)")
     parser.add_argument("--steps", type=int, default=5, help="chunks per timed run (default: 5)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts (default: 3)")
     args = parser.parse_args(argv)
@@ -66,14 +70,15 @@ def main(argv=None) -> None:
     for n in args.threads:
         harness.with_threads(n)
         model = RNN(K, H, seed=0)
-        runs = {
-            f"train B={B} T={T}": harness.TrainingStep(K, H, B, T).run,
-            f"RNN.forward B={Bs} T={Ts}": forward_run(model, Bs, Ts, "forward"),
-            f"RNN.log_probs B={Bs} T={Ts}": forward_run(model, Bs, Ts, "log_probs"),
-            f"evaluate() B={Bs} T={Ts}": evaluate_run(model, args.chars, Bs, Ts),
-        }
-        chars = {name: (B * T if name.startswith("train") else Bs * Ts) for name in runs}
-        chars[f"evaluate() B={Bs} T={Ts}"] = args.chars
+        runs = {f"train B={B} T={T}": harness.TrainingStep(K, H, B, T).run}
+        chars = {f"train B={B} T={T}": B * T}
+        for w in args.workers:
+            tag = f", {w} workers" if w > 1 else ""
+            runs[f"RNN.forward B={Bs} T={Ts}{tag}"] = forward_run(model, Bs, Ts, "forward", w)
+            runs[f"RNN.log_probs B={Bs} T={Ts}{tag}"] = forward_run(model, Bs, Ts, "log_probs", w)
+            runs[f"evaluate() B={Bs} T={Ts}{tag}"] = evaluate_run(model, args.chars, Bs, Ts, w)
+            chars.update({name: Bs * Ts for name in runs if name not in chars})
+            chars[f"evaluate() B={Bs} T={Ts}{tag}"] = args.chars
         rates = harness.median_rates(runs, chars, args.steps, args.repeats)
         train = next(iter(rates.values()))
         for name, rate in rates.items():

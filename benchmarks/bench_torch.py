@@ -92,6 +92,8 @@ def main(argv=None) -> None:
                         help="vocabulary sizes for sampling at H=256 (default: 65,4000)")
     parser.add_argument("--threads", type=harness.parse_threads, default=[1], metavar="N[,N...]",
                         help="threads for both libraries (default: 1)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="charrnn's stream workers in training (default: 1; torch has no such setting)")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed run (default: 5)")
     parser.add_argument("--sample-steps", type=int, default=2000, help="sampling steps per timed run (default: 2000)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts (default: 3)")
@@ -111,7 +113,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(n)
         for config in args.configs:
             B, T = config[2], config[3]
-            runs = {"charrnn": harness.TrainingStep(*config).run, "torch": torch_training(torch, *config)}
+            runs = {"charrnn": harness.TrainingStep(*config, threads=n, workers=args.workers).run,
+                    "torch": torch_training(torch, *config)}
             rates = harness.median_rates(runs, {"charrnn": B * T, "torch": B * T}, args.steps, args.repeats)
             rows.append([f"train {harness.config_name(config)}", n, f"{rates['charrnn']:,.0f}",
                          f"{rates['torch']:,.0f}", f"{rates['charrnn'] / rates['torch']:.2f}x"])

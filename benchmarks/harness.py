@@ -27,7 +27,7 @@ import numpy as np
 
 from charrnn.model import RNN
 from charrnn.optim import Adam, clip_grad_norm_
-from charrnn.threads import get_threads, set_threads
+from charrnn.threads import get_threads, set_threads, set_workers
 
 CONFIGS = ((65, 256, 32, 64), (65, 512, 64, 100), (4000, 256, 32, 64))
 
@@ -59,9 +59,14 @@ def random_ids(K: int, shape, seed: int = 0) -> np.ndarray:
 
 
 class TrainingStep:
-    """One RNN, its Adam optimizer and a chunk of ids; ``run(n)`` takes n training steps."""
+    """One RNN, its Adam optimizer and a chunk of ids; ``run(n)`` takes n training steps.
 
-    def __init__(self, K: int, H: int, B: int, T: int, seed: int = 0):
+    ``threads`` (BLAS threads) and ``workers`` (stream workers) are set at the start of each run,
+    so that runs with different settings can take turns.
+    """
+
+    def __init__(self, K: int, H: int, B: int, T: int, seed: int = 0, threads: int | None = None, workers: int = 1):
+        self.threads, self.workers = threads, workers
         self.model = RNN(K, H, seed=seed, dtype=np.float32)
         self.optimizer = Adam(self.model.num_params)
         ids = random_ids(K, (B, T + 1), seed)
@@ -71,6 +76,7 @@ class TrainingStep:
 
     def run(self, steps: int) -> float:
         """Take ``steps`` steps; returns the last loss."""
+        use(self.threads, self.workers)
         loss = 0.0
         for _ in range(steps):
             loss, g, self.s = self.model.loss_and_flat_grad(self.inputs, self.targets, self.s)
@@ -82,7 +88,8 @@ class TrainingStep:
 class MatmulBound:
     """The matrix products of one training step (see the module docstring), on random arrays."""
 
-    def __init__(self, K: int, H: int, B: int, T: int, seed: int = 0):
+    def __init__(self, K: int, H: int, B: int, T: int, seed: int = 0, threads: int | None = None):
+        self.threads = threads
         rng = np.random.default_rng(seed)
         f32 = np.float32
         N = T * B
@@ -99,6 +106,7 @@ class MatmulBound:
         self.from_next = np.empty((B, H), f32)
 
     def run(self, steps: int) -> None:
+        use(self.threads, 1)
         T, B = self.T, self.B
         S, Wb, Vc, a, from_next = self.S, self.Wb, self.Vc, self.a, self.from_next
         S_flat = S.reshape(-1, S.shape[2])
@@ -135,6 +143,13 @@ def median_rates(runs: dict, chars: dict, steps: int, repeats: int) -> dict:
         for name, fn in runs.items():
             times[name].append(timed(fn, steps))
     return {name: chars[name] * steps / statistics.median(ts) for name, ts in times.items()}
+
+
+def use(threads: int | None, workers: int = 1) -> None:
+    """Set the BLAS threads (None: leave them) and the stream workers of this process."""
+    if threads is not None:
+        with_threads(threads)
+    set_workers(workers)
 
 
 def with_threads(n: int) -> None:
