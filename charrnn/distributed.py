@@ -278,6 +278,12 @@ class World:
         self.comm.Abort(1)
         os._exit(1)  # MPI_Abort may return before the launcher ends this process
 
+    def finish(self) -> None:
+        """Wait for every rank, then let this one end freely (``Trainer.run()`` of a prepared
+        trainer does this itself; call it after driving training steps by hand)."""
+        self.comm.Barrier()
+        self.busy = False
+
     def _abort_if_busy(self) -> None:
         if self.busy:
             self.abort("ended while the other ranks still needed it")

@@ -1,0 +1,212 @@
+"""Data-parallel scaling: training throughput with 1 and 2 MPI ranks, and where communication wins.
+
+For each hidden size H, runs ``mpiexec -n R`` (R = 1, 2; one BLAS thread per rank) of this file as
+a worker that trains through ``charrnn.distributed`` exactly as ``charrnn train`` does, with the
+global batch B shared among the ranks, and measures per step: the whole step, the gradient
+Allreduce inside it (P + 1 floats), the one-integer Allreduce that agrees on stopping, and a
+validation pass. Rank 1 also times the compute of one step alone at several per-rank batch
+sizes, to fit ``compute(b) = a + c*b`` (b streams of T tokens on one rank).
+
+Then it estimates, for networks of 1, 10 and 100 Gbit/s, when communication would dominate on
+many machines: a ring Allreduce of n bytes over R ranks moves 2 (R-1)/R n bytes through each
+link, about 2n for large R, so it takes 2n / bandwidth; compute beats it while
+``a + c*b > 2n / bandwidth``, i.e. for per-rank batches above b* = (2n / bandwidth - a) / c.
+
+    python benchmarks/bench_mpi.py                        # H = 128, 512, 1024; B = 32, T = 64
+    python benchmarks/bench_mpi.py --hidden-sizes 256 --batch-size 64 --corpus big.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout, installed or not
+
+GBIT = 1e9 / 8  # bytes per second in one Gbit/s
+NETWORKS = (1, 10, 100)  # Gbit/s
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return (xs[n // 2] + xs[(n - 1) // 2]) / 2
+
+
+def worker(args) -> None:
+    """One rank of a measured run (under mpiexec); rank 0 prints one JSON line on stdout."""
+    import numpy as np
+
+    from charrnn import distributed
+    from charrnn.checkpoint import ModelStore
+    from charrnn.train import TrainConfig
+
+    world = distributed.connect(True)
+    config = TrainConfig(
+        hidden_size=args.hidden_size, batch_size=args.batch_size, seq_len=args.seq_len,
+        eval_every=0, save_every=0, steps=args.steps,
+    )
+    trainer = distributed.prepare(world, config, [args.corpus], ModelStore(args.store), lock=False)
+    reduce = trainer.reduce_gradient
+    reduce_times = []
+
+    def timed_reduce(g, loss):
+        t0 = time.perf_counter()
+        mean = reduce(g, loss)
+        reduce_times.append(time.perf_counter() - t0)
+        return mean
+
+    trainer.reduce_gradient = timed_reduce
+    for _ in range(3):  # warm-up
+        trainer.train_step()
+    world.comm.Barrier()
+    reduce_times.clear()
+    step_times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        trainer.train_step()
+        step_times.append(time.perf_counter() - t0)
+
+    # the Allreduce alone (all ranks enter together), and the stop agreement
+    P = trainer.model.num_params
+    buf = np.zeros(P + 1, np.float32)
+    allreduce_times = []
+    for _ in range(20):
+        world.comm.Barrier()
+        t0 = time.perf_counter()
+        world.comm.Allreduce(world.MPI.IN_PLACE, buf, op=world.MPI.SUM)
+        allreduce_times.append(time.perf_counter() - t0)
+    world.comm.Barrier()
+    t0 = time.perf_counter()
+    for _ in range(200):
+        world.agree_stop(None, 0.5)
+    agree = (time.perf_counter() - t0) / 200
+
+    # validation: shared among the ranks
+    world.comm.Barrier()
+    t0 = time.perf_counter()
+    trainer.validate()
+    validate = time.perf_counter() - t0
+
+    # compute of one step alone, at several per-rank batch sizes (on one rank: the others wait)
+    fit = None
+    if world.is_root and args.fit:
+        rng = np.random.default_rng(0)
+        K, T = trainer.tokenizer.vocab_size, config.seq_len
+        points = []
+        for b in (4, 16, 64):
+            x, y = rng.integers(0, K, (b, T)), rng.integers(0, K, (b, T))
+            trainer.model.loss_and_flat_grad(x, y)
+            times = []
+            for _ in range(max(3, args.steps // 3)):
+                t0 = time.perf_counter()
+                trainer.model.loss_and_flat_grad(x, y)
+                times.append(time.perf_counter() - t0)
+            points.append((b, median(times)))
+        bs, ts = np.array(points).T
+        c, a = np.polyfit(bs, ts, 1)
+        fit = {"points": points, "a": float(a), "c": float(c)}
+    world.finish()
+
+    if world.is_root:
+        step, red = median(step_times), median(reduce_times)
+        print(json.dumps({
+            "ranks": world.size, "H": args.hidden_size, "K": trainer.tokenizer.vocab_size, "P": P,
+            "B": config.batch_size, "T": config.seq_len,
+            "step": step, "reduce_in_step": red, "allreduce": median(allreduce_times), "agree": agree,
+            "validate": validate, "val_tokens": len(trainer.val_ids),
+            "chars_per_sec": config.batch_size * config.seq_len / step, "fit": fit,
+        }))
+
+
+def launch(ranks: int, hidden_size: int, args, store: Path) -> dict:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    mpiexec = str(mpiexec) if mpiexec.exists() else shutil.which("mpiexec")
+    if mpiexec is None:
+        sys.exit("mpiexec not found: pip install 'charrnn[mpi]'")
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [
+        mpiexec, "-n", str(ranks), sys.executable, __file__, "--worker", "--hidden-size", str(hidden_size),
+        "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+        "--corpus", args.corpus, "--store", str(store),
+    ] + (["--fit"] if ranks == 1 else [])
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f"mpiexec -n {ranks} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    from charrnn.corpus import default_corpus_path
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--hidden-sizes", default="128,512,1024", help="H values, comma-separated")
+    parser.add_argument("--batch-size", type=int, default=32, help="B, global streams (shared by the ranks)")
+    parser.add_argument("--seq-len", type=int, default=64, help="T")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run (after 3 warm-up)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest is shown")
+    parser.add_argument("--corpus", default=str(default_corpus_path()))
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fit", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--hidden-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--store", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    print(
+        f"corpus {Path(args.corpus).name}, B={args.batch_size} T={args.seq_len}, float32, 1 BLAS thread per rank, "
+        f"median of {args.steps} steps, best of {args.repeat} runs, {os.cpu_count()} cores, "
+        f"load average before {os.getloadavg()[0]:.2f}",
+        file=sys.stderr,
+    )
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for H in (int(h) for h in args.hidden_sizes.split(",")):
+            one, two = (
+                min((launch(R, H, args, Path(tmp) / "store") for _ in range(args.repeat)), key=lambda r: r["step"])
+                for R in (1, 2)
+            )
+            rows.append((one, two))
+    print(f"load average after: {os.getloadavg()[0]:.2f}", file=sys.stderr)
+    print("\n## 1 vs 2 ranks on this machine\n")
+    print("| H | params P | Allreduce bytes | ranks | step ms | of which Allreduce ms | chars/s | speed-up | validation ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for one, two in rows:
+        for r in (one, two):
+            print(
+                f"| {r['H']} | {r['P']:,} | {4 * (r['P'] + 1):,} | {r['ranks']} | {1e3 * r['step']:.1f} | "
+                f"{1e3 * r['reduce_in_step']:.2f} | {r['chars_per_sec']:,.0f} | "
+                f"{r['chars_per_sec'] / one['chars_per_sec']:.2f} | {1e3 * r['validate']:.0f} |"
+            )
+    print("\n## The Allreduce alone, 2 ranks (shared memory)\n")
+    print("| H | bytes | Allreduce ms | bus GB/s | stop-agreement Allreduce us |")
+    print("|---|---|---|---|---|")
+    for _, two in rows:
+        n = 4 * (two["P"] + 1)
+        print(f"| {two['H']} | {n:,} | {1e3 * two['allreduce']:.3f} | {n / two['allreduce'] / 1e9:.2f} | {1e6 * two['agree']:.1f} |")
+    print("\n## When communication dominates on many machines\n")
+    print(f"compute of one step on one rank, fitted as a + c*b over b = 4, 16, 64 streams of T = {args.seq_len}:\n")
+    print("| H | a ms | c ms/stream | " + " | ".join(f"Allreduce ms at {g} Gbit/s | b* at {g} Gbit/s" for g in NETWORKS) + " |")
+    print("|---|---|---|" + "---|---|" * len(NETWORKS))
+    for one, _ in rows:
+        a, c = one["fit"]["a"], one["fit"]["c"]
+        n = 4 * (one["P"] + 1)
+        cells = []
+        for g in NETWORKS:
+            comm = 2 * n / (g * GBIT)
+            b_star = max(0.0, (comm - a) / c)
+            cells += [f"{1e3 * comm:.2f}", f"{b_star:.1f}"]
+        print(f"| {one['H']} | {1e3 * a:.2f} | {1e3 * c:.3f} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
