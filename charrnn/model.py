@@ -27,6 +27,8 @@ vectorized operations, and a distributed run averages gradients with a single re
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from charrnn.threads import parallel_map, stream_groups
@@ -68,18 +70,20 @@ ONE_HOT_MAX_VOCAB = 96
 MIN_STREAMS_PER_WORKER = 8
 
 
-def embedding_grad(x: np.ndarray, da: np.ndarray, dU: np.ndarray) -> None:
+def embedding_grad(x: np.ndarray, da: np.ndarray, dU: np.ndarray, work: np.ndarray | None = None) -> None:
     """dU[x[n]] += da[n] for every row n, duplicates summed; no Python loop over rows.
 
     x: (N,) ints, da: (N, H), dU: (K, H), updated in place. A small vocabulary (K up to
     ``ONE_HOT_MAX_VOCAB``) uses ``dU += onehot(x)^T da``, one matrix product; a larger one
     ``np.add.at`` on the flattened 1-D view of dU, several times faster than the row-wise form.
+    ``work``, optional, is a (K, N) scratch array of dU's dtype for the one-hot matrix.
     """
     x = np.asarray(x).reshape(-1)
     K, H = dU.shape
     if K <= ONE_HOT_MAX_VOCAB and dU.flags.c_contiguous:
-        onehot = np.zeros((K, len(x)), dtype=dU.dtype)  # (K, N): onehot[x[n], n] = 1
-        onehot[x, np.arange(len(x))] = 1.0
+        onehot = np.zeros((K, len(x)), dtype=dU.dtype) if work is None else work  # (K, N)
+        onehot[...] = 0.0
+        onehot[x, np.arange(len(x))] = 1.0  # onehot[x[n], n] = 1
         dU += onehot @ da
         return
     flat_index = (x.astype(np.intp)[:, None] * H + np.arange(H)).ravel()
@@ -286,27 +290,44 @@ class RNN(Model):
             self.__dict__["_views"] = views
         return views[1:]
 
-    def _states(self, x: np.ndarray, s0: np.ndarray) -> np.ndarray:
-        """The recurrence: x (T, B) ids, s0 (B, H) -> S (T+1, B, H+1), S[t] = [s_t, 1], S[0] = [s0, 1]."""
+    def _work(self, name: str, shape: tuple[int, ...]) -> np.ndarray:
+        """A scratch array of this thread, kept from call to call: fresh memory costs a page fault
+        per 4 KiB on first touch (several ms per training step of a small model). One per name
+        and thread; a new shape replaces it."""
+        workspace = self.__dict__.setdefault("_workspace", {})
+        key = (threading.get_ident(), name)
+        buf = workspace.get(key)
+        if buf is None or buf.shape != shape:
+            buf = workspace[key] = np.empty(shape, dtype=self.dtype)
+        return buf
+
+    def _states(self, x: np.ndarray, s0: np.ndarray, S: np.ndarray | None = None) -> np.ndarray:
+        """The recurrence: x (T, B) ids, s0 (B, H) -> S (T+1, B, H+1), S[t] = [s_t, 1], S[0] = [s0, 1].
+
+        ``S`` is filled if given, else a new array.
+        """
         T, B = x.shape
-        H = self.hidden_size
+        K, H = self.vocab_size, self.hidden_size
+        if x.size and (x.min() < 0 or x.max() >= K):
+            raise ValueError(f"token ids must be in [0, {K}), got ids from {x.min()} to {x.max()}")
         U, Wb, _ = self._blocks(self.theta)
-        S = np.empty((T + 1, B, H + 1), dtype=self.dtype)
+        if S is None:
+            S = np.empty((T + 1, B, H + 1), dtype=self.dtype)
         S[:, :, H] = 1.0
         S[0, :, :H] = s0
-        Ux = np.take(U, x, axis=0)  # (T, B, H): the input term U[x_t] of every step, one gather
-        a = np.empty((B, H), dtype=self.dtype)
+        Ux = np.take(U, x, axis=0, out=self._work("Ux", (T, B, H)), mode="clip")  # U[x_t], every t
+        a = self._work("a", (B, H))
         for t in range(T):
             np.matmul(S[t], Wb, out=a)  # a_t = s_{t-1} W + b     (B, H)
             a += Ux[t]  # ... + U[x_t]
             np.tanh(a, out=S[t + 1, :, :H])  # s_t = tanh(a_t)
         return S
 
-    def _logits(self, S: np.ndarray) -> np.ndarray:
+    def _logits(self, S: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """o = s V + c for every state but the first: S (T+1, B, H+1) -> o (T*B, K), time-major."""
         _, _, Vc = self._blocks(self.theta)
         T1, B, H1 = S.shape
-        return S[1:].reshape((T1 - 1) * B, H1) @ Vc  # the output layer as one product over all rows
+        return np.matmul(S[1:].reshape((T1 - 1) * B, H1), Vc, out=out)  # one product over all rows
 
     def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
         """Run T steps. inputs (B, T) ints, s0 (B, H) -> p (T*B, K) time-major, cache, s_T.
@@ -351,11 +372,11 @@ class RNN(Model):
         dU, dWb, dVc = self._blocks(g)
         S_flat = S.reshape(T1 * B, H1)  # rows [s_t, 1], t = 0..T
         np.matmul(S_flat[B:].T, do, out=dVc)  # [dV; dc] = sum_t [s_t, 1]^T do_t
-        da = (do @ Vc[:H].T).reshape(T, B, H)  # ds_t from the output, do_t V^T, for all t at once
-        dtanh = S[1:, :, :H] * S[1:, :, :H]
+        da = np.matmul(do, Vc[:H].T, out=self._work("da", (N, H))).reshape(T, B, H)  # do_t V^T, all t
+        dtanh = np.multiply(S[1:, :, :H], S[1:, :, :H], out=self._work("dtanh", (T, B, H)))
         np.subtract(1.0, dtanh, out=dtanh)  # 1 - s_t^2, (T, B, H), for all t at once
         WT = Wb[:H].T
-        from_next = np.empty((B, H), dtype=self.dtype)
+        from_next = self._work("from_next", (B, H))
         da[T - 1] *= dtanh[T - 1]
         for t in range(T - 2, -1, -1):
             np.matmul(da[t + 1], WT, out=from_next)  # da_{t+1} W^T
@@ -364,7 +385,8 @@ class RNN(Model):
         da_flat = da.reshape(N, H)
         np.matmul(S_flat[:N].T, da_flat, out=dWb)  # [dW; db] = sum_t [s_{t-1}, 1]^T da_t
         dU[...] = 0.0
-        embedding_grad(x.reshape(-1), da_flat, dU)  # dU[x_t] += da_t
+        work = self._work("onehot", (len(dU), N)) if len(dU) <= ONE_HOT_MAX_VOCAB else None
+        embedding_grad(x.reshape(-1), da_flat, dU, work)  # dU[x_t] += da_t
 
     def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
         """Like ``Model.loss_and_flat_grad``, with the softmax and the loss gradient fused.
@@ -378,18 +400,20 @@ class RNN(Model):
 
         def run(group: slice):
             x_g = np.ascontiguousarray(x[:, group])  # (T, B_g)
-            S = self._states(x_g, s0[group])
-            loss, do = softmax_cross_entropy_(self._logits(S), y[:, group].reshape(-1), total=T * B)
+            B_g = x_g.shape[1]
+            S = self._states(x_g, s0[group], self._work("S", (T + 1, B_g, self.hidden_size + 1)))
+            o = self._logits(S, self._work("o", (T * B_g, self.vocab_size)))
+            loss, do = softmax_cross_entropy_(o, y[:, group].reshape(-1), total=T * B)
             g = np.empty_like(self.theta)
             self._backward_flat(do, (x_g, S), g)
-            return loss, g, S[-1, :, : self.hidden_size]
+            return loss, g, S[-1, :, : self.hidden_size].copy()
 
         results = parallel_map(run, stream_groups(B, MIN_STREAMS_PER_WORKER))
         loss, g, _ = results[0]
         for loss_g, g_g, _ in results[1:]:
             loss += loss_g
             g += g_g
-        return loss, g, np.concatenate([s for _, _, s in results])
+        return loss, g, results[0][2] if len(results) == 1 else np.concatenate([s for _, _, s in results])
 
     def log_probs(self, inputs, s0=None):
         """Forward only: log p for every position, (B, T, K), and the last state (B, S)."""
