@@ -400,3 +400,20 @@ def test_few_streams_are_not_split(workers):
     groups = threads.stream_groups(100, MIN_STREAMS_PER_WORKER)
     assert len(groups) == 4 and groups[0].start == 0 and groups[-1].stop == 100
     assert all(a.stop == b.start for a, b in itertools.pairwise(groups))
+
+
+def test_blocked_softmax_equals_whole(monkeypatch, rng):
+    """Large arrays go through the softmax in row blocks: the same numbers as in one go."""
+    import charrnn.model as model
+
+    o = rng.normal(0, 3, (37, 50)).astype(np.float32)
+    y = rng.integers(0, 50, 37)
+    whole_p = softmax_(o.copy())
+    whole = softmax_cross_entropy_(o.copy(), y)
+    monkeypatch.setattr(model, "BLOCK_ABOVE_BYTES", 0)
+    monkeypatch.setattr(model, "BLOCK_BYTES", 5 * 50 * 4)  # blocks of 5 rows, the last one of 2
+    assert len(model.row_blocks(o)) == 8
+    np.testing.assert_allclose(softmax_(o.copy()), whole_p, rtol=1e-6)
+    blocked = softmax_cross_entropy_(o.copy(), y)
+    assert blocked[0] == pytest.approx(whole[0], rel=1e-12)
+    np.testing.assert_allclose(blocked[1], whole[1], rtol=1e-6, atol=1e-9)
