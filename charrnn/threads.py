@@ -16,7 +16,6 @@ thread. ``default_threads`` says why the BLAS itself stays at one thread by defa
 
 from __future__ import annotations
 
-import concurrent.futures
 import ctypes
 import glob
 import os
@@ -187,6 +186,8 @@ def parallel_map(fn, items: list) -> list:
     """``[fn(item) for item in items]``, the items run at once on worker threads and the caller's."""
     if len(items) <= 1:
         return [fn(item) for item in items]
+    import concurrent.futures  # here, not at the top: it costs ~10 ms of start-up
+
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < len(items) - 1:
