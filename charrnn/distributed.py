@@ -526,7 +526,7 @@ def _abort_on_failure(world: World):
         raise
     except GeneratorExit:  # the caller dropped run() (its own error): abort when it exits
         raise
-    except BaseException as e:  # even SystemExit must not leave the others waiting
+    except BaseException as e:  # noqa: BLE001 - even SystemExit must not leave the others waiting
         if isinstance(e, KeyboardInterrupt):
             world.abort("was interrupted")
         world.abort(f"failed: {e}" if isinstance(e, ValueError) else f"failed: {type(e).__name__}: {e}")

@@ -8,6 +8,7 @@ detection tests run without MPI and never import mpi4py into the test process.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ import pytest
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent))
-from samples import CHINESE, ENGLISH  # noqa: E402
+from samples import CHINESE, ENGLISH
 
 TEXT = (ENGLISH + CHINESE) * 30  # about 7,000 characters, a third of them Chinese
 
@@ -96,12 +97,14 @@ def launch(spec: dict, tmp_path: Path, ranks: int = 2, timeout: float = 60) -> s
     env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([str(Path(charrnn.__file__).parent.parent), env.get("PYTHONPATH", "")])
     command = [mpiexec_path(), "-n", str(ranks), sys.executable, str(HERE), str(spec_path)]
-    return subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        command, check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout
+    )
 
 
 # -- tests with MPI -------------------------------------------------------------------------------
 
-CONFIG = dict(hidden_size=32, seq_len=32, batch_size=16, eval_every=5, save_every=5, lr=0.01)  # 10 chunks an epoch
+CONFIG = {"hidden_size": 32, "seq_len": 32, "batch_size": 16, "eval_every": 5, "save_every": 5, "lr": 0.01}  # 10 chunks an epoch
 
 
 @pytest.fixture(scope="module")
@@ -113,10 +116,10 @@ def runs(tmp_path_factory):
     corpus = tmp / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     for name, steps in (("two24", 24), ("two12", 12)):
-        spec = dict(
-            corpus=[str(corpus)], store=str(tmp / name), config=dict(CONFIG, steps=steps),
-            out=str(tmp / f"{name}.npy"), distributed=None,  # detected from mpiexec's variables
-        )
+        spec = {
+            "corpus": [str(corpus)], "store": str(tmp / name), "config": dict(CONFIG, steps=steps),
+            "out": str(tmp / f"{name}.npy"), "distributed": None,  # detected from mpiexec's variables
+        }
         result = launch(spec, tmp)
         assert result.returncode == 0, result.stderr
     return tmp
@@ -161,10 +164,10 @@ def test_two_ranks_give_the_weights_of_one_rank(runs):
 @needs_mpi
 def test_resuming_under_mpi_is_exact(runs, tmp_path):
     shutil.copytree(runs / "two12", tmp_path / "m")
-    spec = dict(
-        corpus=[str(runs / "corpus.txt")], store=str(tmp_path / "m"), config=dict(CONFIG, steps=12),
-        out=str(tmp_path / "out.npy"), resume=True,
-    )
+    spec = {
+        "corpus": [str(runs / "corpus.txt")], "store": str(tmp_path / "m"), "config": dict(CONFIG, steps=12),
+        "out": str(tmp_path / "out.npy"), "resume": True,
+    }
     result = launch(spec, tmp_path)
     assert result.returncode == 0, result.stderr
     resumed, straight = latest(tmp_path / "m"), latest(runs / "two24")
@@ -187,10 +190,10 @@ def test_a_run_moves_between_one_and_two_ranks(runs, tmp_path):
     np.testing.assert_allclose(alone.model.theta, straight.model.theta, rtol=1e-4, atol=2e-5)
     # 1 process -> 2 ranks: each rank takes its rows of the state
     one_process(runs, "one12-then-two", 12)
-    spec = dict(
-        corpus=[str(runs / "corpus.txt")], store=str(runs / "one12-then-two"), config=dict(CONFIG, steps=12),
-        out=str(tmp_path / "out.npy"), resume=True,
-    )
+    spec = {
+        "corpus": [str(runs / "corpus.txt")], "store": str(runs / "one12-then-two"), "config": dict(CONFIG, steps=12),
+        "out": str(tmp_path / "out.npy"), "resume": True,
+    }
     result = launch(spec, tmp_path)
     assert result.returncode == 0, result.stderr
     both = latest(runs / "one12-then-two")
@@ -201,7 +204,7 @@ def test_a_run_moves_between_one_and_two_ranks(runs, tmp_path):
 @needs_mpi
 def test_resume_is_exact_with_dropout_noise_drawn_per_rank(runs, tmp_path):
     config = dict(CONFIG, cell="lstm", hidden_size=16, num_layers=2, dropout=0.3)
-    base = dict(corpus=[str(runs / "corpus.txt")], out=str(tmp_path / "out.npy"))
+    base = {"corpus": [str(runs / "corpus.txt")], "out": str(tmp_path / "out.npy")}
     for name, steps, resume in (("straight", 14, False), ("halves", 7, False), ("halves", 7, True)):
         spec = dict(base, store=str(tmp_path / name), config=dict(config, steps=steps), resume=resume)
         result = launch(spec, tmp_path)
@@ -218,7 +221,7 @@ def test_resume_is_exact_with_dropout_noise_drawn_per_rank(runs, tmp_path):
 @needs_mpi
 def test_the_time_limit_and_the_schedule_follow_rank_0s_clock(runs, tmp_path):
     config = dict(CONFIG, max_time=1.0, schedule="cosine", save_every=0)  # no step limit
-    spec = dict(corpus=[str(runs / "corpus.txt")], store=str(tmp_path / "m"), config=config, out=str(tmp_path / "w.npy"))
+    spec = {"corpus": [str(runs / "corpus.txt")], "store": str(tmp_path / "m"), "config": config, "out": str(tmp_path / "w.npy")}
     result = launch(spec, tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stderr.strip().splitlines()[-1])["reason"] == "max-time"
@@ -230,7 +233,7 @@ def test_the_time_limit_and_the_schedule_follow_rank_0s_clock(runs, tmp_path):
 def test_without_a_store_every_rank_encodes_the_corpus(runs, tmp_path):
     from charrnn.train import TrainConfig, prepare
 
-    spec = dict(corpus=[str(runs / "corpus.txt")], store=None, config=dict(CONFIG, steps=6), out=str(tmp_path / "w.npy"))
+    spec = {"corpus": [str(runs / "corpus.txt")], "store": None, "config": dict(CONFIG, steps=6), "out": str(tmp_path / "w.npy")}
     result = launch(spec, tmp_path)
     assert result.returncode == 0, result.stderr
     one = prepare(TrainConfig(**dict(CONFIG, steps=6)), [str(runs / "corpus.txt")], None)
@@ -249,7 +252,7 @@ def test_without_a_store_every_rank_encodes_the_corpus(runs, tmp_path):
 )
 def test_a_mistake_found_by_rank_0_ends_every_rank_with_one_message(runs, tmp_path, config, corpus, message):
     name = corpus if corpus == "-" else str(runs / corpus)
-    spec = dict(corpus=[name], store=str(tmp_path / "m"), config=dict(config, steps=3), out=None)
+    spec = {"corpus": [name], "store": str(tmp_path / "m"), "config": dict(config, steps=3), "out": None}
     result = launch(spec, tmp_path, timeout=30)
     assert result.returncode == 1
     assert result.stderr.count(message) == 1, result.stderr
@@ -259,10 +262,10 @@ def test_a_mistake_found_by_rank_0_ends_every_rank_with_one_message(runs, tmp_pa
 @needs_mpi
 @pytest.mark.parametrize("how, rank", [("inside", 0), ("raise", 1), ("exit", 1), ("kill", 0), ("kill", 1)])
 def test_a_failing_rank_stops_the_whole_job_and_keeps_the_last_checkpoint(runs, tmp_path, how, rank):
-    spec = dict(
-        corpus=[str(runs / "corpus.txt")], store=str(tmp_path / "m"), config=dict(CONFIG, steps=1000),
-        out=None, fail=dict(rank=rank, step=8, how=how),
-    )
+    spec = {
+        "corpus": [str(runs / "corpus.txt")], "store": str(tmp_path / "m"), "config": dict(CONFIG, steps=1000),
+        "out": None, "fail": {"rank": rank, "step": 8, "how": how},
+    }
     started = time.monotonic()
     result = launch(spec, tmp_path, timeout=45)  # a hang would raise TimeoutExpired
     err = result.stderr
@@ -325,7 +328,7 @@ def test_training_in_one_process_imports_no_mpi(tmp_path):
     import charrnn
 
     env["PYTHONPATH"] = str(Path(charrnn.__file__).parent.parent)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-c", code], check=False, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
 
@@ -336,7 +339,7 @@ def test_shares_cut_contiguous_parts_that_differ_by_at_most_one(n, size):
 
     parts = shares(n, size)
     assert len(parts) == size and parts[0].start == 0 and parts[-1].stop == n
-    assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
     lengths = [p.stop - p.start for p in parts]
     assert max(lengths) - min(lengths) <= 1 and sum(lengths) == n
 
