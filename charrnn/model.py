@@ -31,7 +31,7 @@ import threading
 
 import numpy as np
 
-from charrnn.threads import parallel_map, stream_groups
+from charrnn.threads import MIN_STREAMS_PER_WORKER, parallel_map, stream_groups
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
@@ -81,9 +81,6 @@ def softmax_(o: np.ndarray) -> np.ndarray:
 # matrix (2 K flops per entry of da, at BLAS speed); above it, a scatter-add (np.add.at).
 ONE_HOT_MAX_VOCAB = 96
 
-# With more than one worker (``charrnn.threads.set_workers``), the streams of a batch are split
-# into groups of at least this many, each run by its own thread.
-MIN_STREAMS_PER_WORKER = 8
 
 
 def embedding_grad(x: np.ndarray, da: np.ndarray, dU: np.ndarray, work: np.ndarray | None = None) -> None:

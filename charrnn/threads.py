@@ -157,7 +157,10 @@ def default_threads(hidden_size: int, batch_size: int) -> int:
 # the GIL inside matrix products and ufuncs. Unlike a multi-threaded BLAS, the threads meet once
 # per chunk, not once per product, so a busy core slows them down instead of stalling them.
 
-_workers = 1
+# With more than one worker, the streams of a batch are split into groups of at least this many.
+MIN_STREAMS_PER_WORKER = 8
+
+_workers = 1  # the library's default: no splitting unless asked (``default_workers`` for the CLI)
 _pool = None
 _pool_lock = threading.Lock()
 
@@ -173,6 +176,36 @@ def set_workers(n: int) -> None:
 def get_workers() -> int:
     """The number of threads the streams of a batch are split over."""
     return _workers
+
+
+def default_workers(hidden_size: int, batch_size: int) -> int:
+    """How many stream workers to run B=``batch_size`` streams of an RNN of ``hidden_size`` with.
+
+    1 if the user set a thread count in the environment (OPENBLAS_NUM_THREADS and the like: they
+    manage threads themselves) or if there are fewer than 2 * MIN_STREAMS_PER_WORKER streams;
+    otherwise one worker per CPU this process may run on, at most one per MIN_STREAMS_PER_WORKER
+    streams. Measured on 2 cores with other jobs running (training chars/s, 1 BLAS thread each,
+    benchmarks/bench_busy.py; "busy" = one more process spinning on a core):
+
+    ========================  =============================  ============================
+    K, H, B, T                1 worker -> 2 workers, idle    2 workers busy / 1 idle
+    ========================  =============================  ============================
+    65, 256, 32, 64           70k -> 84k (1.19x)             0.81
+    65, 512, 64, 100          33k -> 47k (1.42x)             0.99
+    65, 256, 256, 64 (eval)   293k -> 472k (1.61x)           --
+    ========================  =============================  ============================
+
+    Two workers never collapsed the way a 2-thread BLAS does (0.26-0.28 of its idle speed busy).
+    """
+    if hidden_size < 1 or batch_size < 1:
+        raise ValueError("hidden_size and batch_size must be positive")
+    if env_threads() is not None:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, batch_size // MIN_STREAMS_PER_WORKER))
 
 
 def stream_groups(batch_size: int, min_streams: int) -> list[slice]:

@@ -114,3 +114,18 @@ def test_parallel_map_keeps_order_and_raises():
 
     with pytest.raises(ValueError, match="boom"):
         threads.parallel_map(fail, [0, 1])
+
+
+def test_default_workers(monkeypatch):
+    for var in threads.ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert threads.default_workers(256, 32) == 2
+    assert threads.default_workers(256, 2 * threads.MIN_STREAMS_PER_WORKER - 1) == 1
+    assert threads.default_workers(256, 1) == 1
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert threads.default_workers(256, 4 * threads.MIN_STREAMS_PER_WORKER) == 4
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the user manages threads: no splitting
+    assert threads.default_workers(256, 64) == 1
+    with pytest.raises(ValueError):
+        threads.default_workers(256, 0)
