@@ -301,7 +301,6 @@ def prepare(
     resume: bool = False,
     fine_tune: bool = False,
     encoding_errors: str = "strict",
-    stdin=None,
     lock: bool = True,
 ) -> Trainer:
     """Everything before the first step of a distributed run (collective: every rank calls it).
@@ -310,7 +309,8 @@ def prepare(
     read the corpus, build the vocabulary and the id cache, build or restore the run. It then
     sends the other ranks the settings, vocabulary, weights, optimizer buffers and carried state;
     they open the id cache rank 0 built (a machine that cannot see it encodes the corpus once,
-    into the same path). Each rank keeps only its B/R streams.
+    into the same path). Each rank keeps only its B/R streams. The corpus must be files (not
+    standard input, which mpiexec hands to rank 0 alone).
 
     ``config`` and ``store`` are used on rank 0 only. ``config`` may be a function returning the
     settings: rank 0 calls it under the lock, so it may read the store (a resumed run's settings)
@@ -331,8 +331,7 @@ def prepare(
             if callable(config):
                 config = config()
             trainer = prepare_one(
-                config, corpus_names, store, resume=resume, fine_tune=fine_tune,
-                encoding_errors=encoding_errors, stdin=stdin,
+                config, corpus_names, store, resume=resume, fine_tune=fine_tune, encoding_errors=encoding_errors
             )
             world.streams(trainer.config.batch_size)  # refuse a batch the ranks cannot share
             setup = _describe(trainer)

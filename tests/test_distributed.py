@@ -333,6 +333,27 @@ def test_training_in_one_process_imports_no_mpi(tmp_path):
     assert result.stdout.strip() == "False"
 
 
+def test_a_machine_without_rank_0s_cache_encodes_the_same_corpus_itself(tmp_path):
+    from charrnn.checkpoint import ModelStore
+    from charrnn.distributed import _describe, _encode_here
+    from charrnn.train import TrainConfig, prepare
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    trainer = prepare(TrainConfig(hidden_size=8, seq_len=8, batch_size=4), [str(corpus)], ModelStore(tmp_path / "m"))
+    setup = json.loads(json.dumps(_describe(trainer)))  # what rank 0 sends
+    cache = Path(setup["ids"]["path"])
+    assert cache.parent == tmp_path / "m" / "cache"
+    # another machine: the same corpus at the same path, no store -> the same ids, at the same name
+    ids = _encode_here(setup, [str(corpus)], "strict", tmp_path / "elsewhere")
+    assert Path(ids.filename).name == cache.name
+    np.testing.assert_array_equal(ids, np.concatenate([trainer.train_ids, trainer.val_ids]))
+    # ... but not another text under the same name
+    corpus.write_text(TEXT.replace("我", "你"), encoding="utf-8")
+    with pytest.raises(ValueError, match="differs from rank 0's"):
+        _encode_here(setup, [str(corpus)], "strict", tmp_path / "third")
+
+
 @pytest.mark.parametrize("n, size", [(16, 2), (64, 3), (5, 8), (1, 1), (7, 7)])
 def test_shares_cut_contiguous_parts_that_differ_by_at_most_one(n, size):
     from charrnn.distributed import shares
