@@ -3,7 +3,9 @@
 For each config K,H,B,T, each BLAS thread count and each number of stream workers: the median over ``--repeats`` runs of
 ``--steps`` training steps (forward, BPTT, clipping, Adam) on random ids, the matmul bound (the
 same step's matrix products alone, see ``harness.py``) measured interleaved with it, and the
-fraction of the bound reached. The bound is that of the BLAS thread count; with stream workers
+fraction of the bound reached, from wall-clock time and, with one thread and one worker, from
+the CPU time of the thread (which leaves out the time other processes held the core, so it varies
+less on a shared machine). The bound is that of the BLAS thread count; with stream workers
 (``charrnn.threads.set_workers``: groups of streams on Python threads, one BLAS thread each) a
 step can use more cores than the bound does, and the fraction can pass 100%.
 
@@ -27,7 +29,7 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=harness.parse_threads, default=[1], metavar="N[,N...]",
                         help="stream workers to try (default: 1)")
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed run (default: 5)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs; the median counts (default: 3)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median counts (default: 5)")
     args = parser.parse_args(argv)
 
     print(f"# bench_train: {harness.machine_load()}, float32, median of {args.repeats} x {args.steps} steps")
@@ -40,12 +42,16 @@ def main(argv=None) -> None:
             for w in args.workers:
                 step = harness.TrainingStep(*config, threads=n, workers=w)
                 runs[(n, w)], chars[(n, w)] = step.run, step.chars
-        rates = harness.median_rates(runs, chars, args.steps, args.repeats)  # all settings take turns
+        cpu: dict = {}
+        rates = harness.median_rates(runs, chars, args.steps, args.repeats, cpu)  # all settings take turns
         for n in args.threads:
             for w in args.workers:
                 train, bound = rates[(n, w)], rates[("bound", n)]
-                rows.append([harness.config_name(config), n, w, f"{train:,.0f}", f"{bound:,.0f}", f"{train / bound:.0%}"])
-    harness.print_table(["config", "threads", "workers", "train chars/s", "bound chars/s", "of bound"], rows)
+                by_cpu = f"{cpu[(n, w)] / cpu[('bound', n)]:.0%}" if n == w == 1 else "--"
+                rows.append([harness.config_name(config), n, w, f"{train:,.0f}", f"{bound:,.0f}", f"{train / bound:.0%}",
+                             by_cpu])
+    harness.print_table(["config", "threads", "workers", "train chars/s", "bound chars/s", "of bound",
+                         "of bound (CPU time)"], rows)
 
 
 if __name__ == "__main__":

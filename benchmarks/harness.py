@@ -124,17 +124,20 @@ class MatmulBound:
             np.matmul(S_flat[: T * B].T, self.da, out=self.dWb)  # [dW; db]
 
 
-def timed(fn, steps: int) -> float:
-    """Seconds for ``fn(steps)``."""
-    t0 = time.perf_counter()
+def timed(fn, steps: int) -> tuple[float, float]:
+    """Wall-clock and this thread's CPU seconds for ``fn(steps)``."""
+    t0, c0 = time.perf_counter(), time.thread_time()
     fn(steps)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.thread_time() - c0
 
 
-def median_rates(runs: dict, chars: dict, steps: int, repeats: int) -> dict:
+def median_rates(runs: dict, chars: dict, steps: int, repeats: int, cpu: dict | None = None) -> dict:
     """Interleave ``repeats`` timings of each ``runs[name](steps)``; median chars/s by name.
 
     Each run is warmed up once first. Interleaving puts every name under the same machine load.
+    If ``cpu`` is a dict, it receives chars per second of this thread's CPU time by name: the
+    speed with the time other processes held the core taken out (meaningful when all the work
+    runs on the calling thread: one BLAS thread, one worker).
     """
     for fn in runs.values():
         fn(1)
@@ -142,7 +145,9 @@ def median_rates(runs: dict, chars: dict, steps: int, repeats: int) -> dict:
     for _ in range(repeats):
         for name, fn in runs.items():
             times[name].append(timed(fn, steps))
-    return {name: chars[name] * steps / statistics.median(ts) for name, ts in times.items()}
+    if cpu is not None:
+        cpu.update({name: chars[name] * steps / statistics.median(c for _, c in ts) for name, ts in times.items()})
+    return {name: chars[name] * steps / statistics.median(w for w, _ in ts) for name, ts in times.items()}
 
 
 def use(threads: int | None, workers: int = 1) -> None:
