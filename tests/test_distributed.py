@@ -281,6 +281,38 @@ def test_a_failing_rank_stops_the_whole_job_and_keeps_the_last_checkpoint(runs, 
     assert ckpt.step == 5 and ckpt.arrays["state"].shape == (16, 32)
 
 
+def cli_has_distributed() -> bool:
+    from charrnn.cli import train
+
+    return any(param.name == "distributed" for param in train.params)
+
+
+@needs_mpi
+def test_the_cli_trains_under_mpiexec_and_only_rank_0_speaks(runs, tmp_path):
+    if not cli_has_distributed():
+        pytest.skip("charrnn train has no --distributed yet")
+    import charrnn
+
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", PYTHONPATH=str(Path(charrnn.__file__).parent.parent))
+    base = [mpiexec_path(), "-n", "2", sys.executable, "-m", "charrnn", "train", str(runs / "corpus.txt")]
+    args = ["-m", str(tmp_path / "m"), "--steps", "6", "--hidden-size", "16", "--eval-every", "3"]
+
+    def charrnn_train(*extra):
+        return subprocess.run(
+            base + args + list(extra), check=False, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+            text=True, timeout=60,
+        )
+
+    result = charrnn_train("--batch-size", "16")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("charrnn: stopped (steps) at step 6") == 1, result.stderr
+    assert latest(tmp_path / "m").meta["ranks"] == 2
+    result = charrnn_train("--resume")
+    assert result.returncode == 0 and latest(tmp_path / "m").step == 12, result.stderr
+    result = charrnn_train("--batch-size", "15")  # the store holds a model: one error, from rank 0
+    assert result.returncode == 1 and result.stderr.count("Error:") == 1, result.stderr
+
+
 # -- tests without MPI ----------------------------------------------------------------------------
 
 
