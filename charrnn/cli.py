@@ -215,8 +215,14 @@ POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
     show_default=True,
     help="What to do with bytes that are not UTF-8.",
 )
+@click.option(
+    "--distributed/--no-distributed",
+    default=None,
+    help="Data-parallel training over MPI, one process per rank (pip install 'charrnn[mpi]').  "
+    "[default: on when started by mpiexec with several processes]",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_errors, quiet, **options):
+def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_errors, quiet, distributed, **options):
     """Train a model on CORPUS files (- for standard input; none: the bundled English corpus).
 
     Progress goes to stderr. Ctrl-C finishes the current step, saves and exits with status 130.
@@ -237,6 +243,11 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_er
     store = ModelStore(model_path)
     names = list(corpus) or [str(default_corpus_path())]
     values = {TRAIN_FIELDS[k]: v for k, v in options.items() if v is not None}
+    from charrnn import distributed as mpi
+
+    world = mpi.connect(distributed)  # None in a normal run, which never imports mpi4py
+    if world is not None:
+        return _train_distributed(world, store, names, values, resume, fine_tune, overwrite, threads, encoding_errors, quiet)
     if resume or fine_tune:  # the saved run's settings, then what this command line changes
         values = {**_saved_settings(store), **values}
     config = TrainConfig(**values)
@@ -268,6 +279,56 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_er
         if created and not store.checkpoints():  # a failed first run leaves no empty store behind
             store.unlock()
             shutil.rmtree(model_path, ignore_errors=True)
+        raise
+    finally:
+        store.unlock()
+
+
+def _train_distributed(world, store, names, values, resume, fine_tune, overwrite, threads, encoding_errors, quiet):
+    """``train`` as one rank of an MPI job (``mpiexec -n R charrnn train ...``): rank 0 holds the
+    store and reports; the other ranks train their share of the batch and stay silent."""
+    import contextlib
+
+    from charrnn import distributed as mpi
+    from charrnn.threads import default_threads, set_threads
+    from charrnn.train import TrainConfig
+
+    created = not store.directory.exists()
+
+    def settings():  # on rank 0 only, holding the store's lock
+        saved = _saved_settings(store) if resume or fine_tune else {}
+        existing = store.checkpoints()
+        if existing and not (resume or fine_tune or overwrite):
+            raise click.ClickException(
+                f"{store.directory} already holds a model; use --resume to continue it, --fine-tune to train "
+                "it on a new corpus, --overwrite to start afresh, or another -m/--model"
+            )
+        if overwrite:
+            for path in existing:
+                path.unlink(missing_ok=True)
+            (store.directory / "store.json").unlink(missing_ok=True)
+        return TrainConfig(**{**saved, **values})
+
+    try:
+        with contextlib.ExitStack() as stack:
+            if not world.is_root:  # only rank 0 reports; a rank failing alone still says so as it aborts
+                stack.enter_context(contextlib.redirect_stderr(stack.enter_context(open(os.devnull, "w"))))
+            trainer = mpi.prepare(
+                world, settings, names, store, resume=resume, fine_tune=fine_tune, encoding_errors=encoding_errors
+            )
+            share = trainer.config.batch_size // world.size  # streams per rank
+            set_threads(threads or default_threads(trainer.config.hidden_size, share))
+            _run_training(trainer, quiet or not world.is_root)
+    except BaseException as error:
+        if not world.is_root:  # what every rank met, rank 0 reports
+            if isinstance(error, (mpi.JobError, click.ClickException, click.exceptions.Exit)):
+                raise click.exceptions.Exit(getattr(error, "exit_code", 1)) from None
+            raise
+        if created and not store.checkpoints():  # a failed first run leaves no empty store behind
+            store.unlock()
+            shutil.rmtree(store.directory, ignore_errors=True)
+        if isinstance(error, mpi.JobError):
+            raise click.ClickException(str(error)) from None
         raise
     finally:
         store.unlock()
