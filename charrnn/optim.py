@@ -18,7 +18,7 @@ def clip_grad_norm_(g: np.ndarray, max_norm: float | None) -> float:
 
     ``max_norm`` None or <= 0 disables clipping (the norm is still returned).
     """
-    norm = float(np.sqrt(np.dot(g.astype(np.float64, copy=False), g)))
+    norm = float(np.sqrt(np.dot(g, g)))  # BLAS dot accumulates float32 well enough for a clip
     if max_norm and max_norm > 0 and norm > max_norm:
         g *= max_norm / (norm + 1e-12)
     return norm
@@ -133,17 +133,23 @@ class Adam(Optimizer):
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.m = np.zeros(size, dtype=dtype)
         self.v = np.zeros(size, dtype=dtype)
+        self._work = np.empty(size, dtype=dtype)  # scratch: no fresh allocation per step
 
     def _update(self, theta, g, lr):
-        b1, b2 = self.beta1, self.beta2
-        self.m *= b1
-        self.m += (1.0 - b1) * g
-        self.v *= b2
-        self.v += (1.0 - b2) * (g * g)
+        b1, b2, m, v, work = self.beta1, self.beta2, self.m, self.v, self._work
+        m *= b1
+        np.multiply(g, 1.0 - b1, out=work)
+        m += work  # m = b1 m + (1 - b1) g
+        v *= b2
+        np.multiply(g, g, out=work)
+        work *= 1.0 - b2
+        v += work  # v = b2 v + (1 - b2) g^2
         step = lr * math.sqrt(1.0 - b2**self.t) / (1.0 - b1**self.t)  # bias correction folded in
-        denom = np.sqrt(self.v)
-        denom += self.eps * math.sqrt(1.0 - b2**self.t)
-        theta -= step * (self.m / denom)
+        np.sqrt(v, out=work)
+        work += self.eps * math.sqrt(1.0 - b2**self.t)
+        np.divide(m, work, out=work)
+        work *= step
+        theta -= work
 
     def _buffers(self):
         return {"m": self.m, "v": self.v}
