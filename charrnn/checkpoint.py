@@ -11,9 +11,11 @@ One checkpoint is one self-contained ``.npz`` (a zip of ``.npy`` arrays), loaded
     optimizer.NAME  float (P,)  the optimizer's buffers (Adam: m and v), for exact resume
 
 Before any array is read, its ``.npy`` header is checked against what the metadata implies
-(dtype and shape), so a hostile or damaged file fails with a clear error and never makes us
-allocate more than the file could hold. Writes are atomic: a temporary file in the same
-directory, fsync, rename, fsync of the directory.
+(dtype and shape; the parameter count is worked out from the model description, without building
+the model), and every member must be stored uncompressed within the file, so a hostile or damaged
+file fails with a clear error and never makes us allocate more than the file holds. Writes are
+atomic: a temporary file in the same directory, fsync, rename, fsync of the directory. Weights
+holding NaN or infinity are never written.
 
 The store is a directory holding ``ckpt-<step>.npz`` files and ``store.json``, which names the
 latest and the best (lowest validation bits per character) checkpoints. ``train.lock`` guards it
@@ -25,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import re
 import zipfile
@@ -44,10 +47,20 @@ STORE_FILE = "store.json"
 LOCK_FILE = "train.lock"
 MAX_META_BYTES = 64 << 20  # a vocabulary of a million words fits easily
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
+_TMP_RE = re.compile(r"^\..+\.(\d+)\.tmp$")  # what atomic_file writes before renaming
 
 
 class CheckpointError(ValueError):
     """A checkpoint or store that cannot be used, with a one-line reason for the user."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """The weights to save hold NaN or infinity (training diverged); nothing was written."""
+
+
+class SaveError(CheckpointError):
+    """A checkpoint or pointer could not be written (a full disk, no permission); the files
+    already in the store are untouched."""
 
 
 @dataclass
@@ -67,6 +80,26 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.meta.get("step", 0))
+
+
+def count_params(config: dict) -> int:
+    """P, the parameter count of the model ``config`` describes, worked out without building it.
+
+    The shapes are those of ``charrnn.cells.Stacked`` (``model.RNN`` is its one-layer rnn case):
+    Emb (K, E) if E; per layer l, U_l (rows, G*H) with rows K, E or H, W_l (H, G*H), b_l (G*H,);
+    then V (H, K), c (K,). G is the cell's number of gates.
+    """
+    from charrnn.cells import MODELS
+
+    cell = config.get("cell", "rnn")
+    if cell not in MODELS:
+        raise CheckpointError(f"unknown model cell {cell!r}")
+    K, H = config["vocab_size"], config["hidden_size"]
+    L, E = config.get("num_layers") or 1, config.get("embedding_size")
+    GH = MODELS[cell].gates * H
+    first_rows = K if E is None else E
+    per_layer = H * GH + GH  # W_l and b_l
+    return (0 if E is None else K * E) + first_rows * GH + (L - 1) * H * GH + L * per_layer + H * K + K
 
 
 def build_model(config: dict, dtype) -> Model:
@@ -90,6 +123,8 @@ def build_model(config: dict, dtype) -> Model:
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically; the file at ``path`` is never left half-written."""
     path = Path(path)
+    if not np.isfinite(ckpt.model.theta).all():
+        raise NonFiniteWeightsError(f"the weights hold NaN or infinity; {path.name} was not written")
     meta = dict(ckpt.meta)
     meta.update(
         format=FORMAT,
@@ -162,6 +197,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is a directory, not a checkpoint file")
     try:
         with zipfile.ZipFile(path) as zf:
+            _check_members(zf, path)
             return _load(zf, path)
     except CheckpointError:
         raise
@@ -169,6 +205,17 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path} is not a charrnn checkpoint (not a valid .npz file; truncated?)") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.LargeZipFile) as e:
         raise CheckpointError(f"{path} is damaged or not a charrnn checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _check_members(zf: zipfile.ZipFile, path: Path) -> None:
+    """Every member stored uncompressed and within the file: no member can make us allocate more
+    than the file holds (a compressed member could expand a thousandfold or more)."""
+    size = path.stat().st_size
+    for info in zf.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise CheckpointError(f"{path}: member {info.filename!r} is compressed; charrnn checkpoints store arrays uncompressed")
+        if info.file_size != info.compress_size or info.file_size > size:
+            raise CheckpointError(f"{path}: member {info.filename!r} declares more bytes than the file holds (truncated?)")
 
 
 def _read_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple | None) -> np.ndarray:
@@ -191,7 +238,7 @@ def _read_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, shape: tuple |
             raise CheckpointError(f"array {name!r} has dtype {header_dtype}, expected {dtype}")
         if shape is not None and tuple(header_shape) != tuple(shape):
             raise CheckpointError(f"array {name!r} has shape {tuple(header_shape)}, expected {tuple(shape)}")
-        nbytes = int(np.prod(header_shape, dtype=np.int64)) * header_dtype.itemsize
+        nbytes = math.prod(int(n) for n in header_shape) * header_dtype.itemsize  # no overflow
         if nbytes > info.file_size:
             raise CheckpointError(f"array {name!r} declares {nbytes} bytes but the file holds fewer (truncated?)")
         data = f.read(nbytes)
@@ -243,17 +290,23 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
     if not all(v is None or (isinstance(v, int) and 0 < v <= 1 << 16) for v in sizes):
         raise CheckpointError(f"{path}: implausible model sizes in metadata")
     dtype = np.dtype(DTYPES[meta["dtype"]])
-    # Check the parameter count against the file before building (and allocating) the model.
-    theta_info = zf.getinfo("theta.npy") if "theta.npy" in zf.namelist() else None
-    if theta_info is None:
+    if "theta.npy" not in zf.namelist():
         raise CheckpointError(f"{path}: checkpoint lacks the weights")
+    # Check the parameter count against the file before building (and allocating) the model.
+    try:
+        num_params = count_params(config)
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"{path}: bad model description in metadata ({e})") from None
+    if num_params * dtype.itemsize > zf.getinfo("theta.npy").file_size:
+        raise CheckpointError(f"{path}: weights are truncated or do not match the model")
+    theta = _read_member(zf, "theta", dtype, (num_params,))
     try:
         model = build_model(config, dtype)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: cannot build the model it describes ({e})") from None
-    if model.num_params * dtype.itemsize > theta_info.file_size:
-        raise CheckpointError(f"{path}: weights are truncated or do not match the model")
-    model.theta[...] = _read_member(zf, "theta", dtype, (model.num_params,))
+    if model.num_params != num_params:  # pragma: no cover - count_params mirrors the cells
+        raise CheckpointError(f"{path}: the model holds {model.num_params} parameters, not {num_params}")
+    model.theta[...] = theta
     arrays = {}
     for name, spec in (meta.get("arrays") or {}).items():
         try:
@@ -301,15 +354,26 @@ class ModelStore:
         return self.directory / f"ckpt-{step:09d}.npz"
 
     def save(self, ckpt: Checkpoint, val_bpc: float | None = None) -> Path:
-        """Save a checkpoint, update the pointers, and drop old ones (never the best)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        path = save_checkpoint(self.path_for(ckpt.step), ckpt)
+        """Save a checkpoint, update the pointers, and drop old ones (never the best).
+
+        A write that fails (SaveError, naming the file and the reason) leaves the checkpoints
+        and pointers already in the store as they were.
+        """
+        path = self.path_for(ckpt.step)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, ckpt)
+        except OSError as e:
+            raise SaveError(f"cannot save {path}: {e.strerror or e}") from None
         index = self.index()
         index["latest"] = path.name
         best_ok = index.get("best") and (self.directory / index["best"]).exists()
         if val_bpc is not None and (not best_ok or val_bpc <= index.get("best_val_bpc", float("inf"))):
             index["best"], index["best_val_bpc"] = path.name, float(val_bpc)
-        write_json_atomic(self.directory / STORE_FILE, index)
+        try:
+            write_json_atomic(self.directory / STORE_FILE, index)
+        except OSError as e:
+            raise SaveError(f"cannot update {self.directory / STORE_FILE}: {e.strerror or e}") from None
         self._prune(index)
         return path
 
@@ -359,9 +423,19 @@ class ModelStore:
 
     # locking
     def lock(self) -> None:
-        """Take the training lock (released when the process ends, even by kill -9)."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the training lock (released when the process ends, even by kill -9).
+
+        Also checks that the directory is writable (a clear error now, not at the first save)
+        and removes temporary files that a killed run left behind.
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f"cannot create the model directory {self.directory}: {e.strerror or e}") from None
+        try:
+            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise CheckpointError(f"cannot write to the model directory {self.directory}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -372,15 +446,45 @@ class ModelStore:
                     "wait for it or choose another --model"
                 ) from None
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
         self._lock_fd = fd
+        try:
+            probe = self.directory / f".write-test.{os.getpid()}.tmp"
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            probe.unlink()
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as e:
+            self.unlock()
+            raise CheckpointError(f"cannot write to the model directory {self.directory}: {e.strerror or e}") from None
+        self._remove_stale_temporaries()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Delete ``.NAME.PID.tmp`` files (see ``atomic_file``) of processes that no longer run."""
+        for directory in (self.directory, self.directory / "cache"):
+            if not directory.is_dir():
+                continue
+            for p in directory.iterdir():
+                m = _TMP_RE.match(p.name)
+                if m and not _process_alive(int(m.group(1))):
+                    p.unlink(missing_ok=True)
 
     def unlock(self) -> None:
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or not a pid at all): leave its file alone
+    return True
 
 
 def open_model(path: Path, prefer: str = "best") -> Checkpoint:
