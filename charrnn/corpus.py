@@ -6,7 +6,9 @@ refuses binary files, hashes the bytes (SHA-256, so a resumed run can tell the c
 counts the tokens (to build a vocabulary). ``encode_cached`` then encodes it, chunk by chunk, into
 a flat file of ids beside the model, named by the corpus hash and the vocabulary, and returns it
 as an ``np.memmap``: the next run with the same corpus reuses it, a changed corpus gets a new one,
-and memory stays bounded whatever the corpus size.
+and memory stays bounded whatever the corpus size. The second reading hashes the bytes again: a
+file that changed in between (a log still being written) is a clear error, never a vocabulary
+and ids that disagree.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import hashlib
 import io
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,8 +71,13 @@ class Corpus:
         }
 
     def texts(self) -> Iterator[str]:
-        """The text again, as decoded chunks (see ``iter_texts``)."""
-        return iter_texts(self.names, self.encoding_errors, self._stdin, self.level)
+        """The text again, as decoded chunks (see ``iter_texts``); CorpusError at the end if the
+        bytes differ from what ``scan`` read (a file changed in between)."""
+        digest = hashlib.sha256()
+        yield from iter_texts(self.names, self.encoding_errors, self._stdin, self.level, on_bytes=digest.update)
+        if digest.hexdigest() != self.sha256:
+            where = "standard input" if self.names == ["-"] else ", ".join(self.names)
+            raise CorpusError(f"the corpus changed while it was being read: {where}; train again once it is complete")
 
 
 def _open(name: str, stdin_bytes: bytes | None):
@@ -95,12 +102,15 @@ def iter_texts(
     stdin_bytes: bytes | None = None,
     level: str = "char",
     chunk_bytes: int = CHUNK_BYTES,
+    on_bytes: Callable[[bytes], object] | None = None,
 ) -> Iterator[str]:
     """Decode the sources in order, ``chunk_bytes`` at a time, yielding text pieces.
 
     UTF-8 errors raise CorpusError naming the file and the byte offset (unless
     ``encoding_errors`` is "replace" or "ignore"); a NUL byte marks a binary file. For word
     level, pieces are cut after whitespace so that no word is split between two pieces.
+    ``on_bytes`` (a hash's ``update``) sees every raw chunk, so one reading both decodes and
+    hashes.
     """
     if encoding_errors not in ENCODING_ERRORS:
         raise CorpusError(f"encoding errors must be one of {', '.join(ENCODING_ERRORS)}")
@@ -114,6 +124,8 @@ def iter_texts(
                     raw = f.read(chunk_bytes)
                 except OSError as e:
                     raise CorpusError(f"cannot read corpus {name}: {e.strerror or e}") from None
+                if on_bytes is not None:
+                    on_bytes(raw)
                 nul = raw.find(b"\0")
                 if nul >= 0:
                     raise CorpusError(
@@ -157,12 +169,14 @@ def scan(names: list[str], level: str = "char", encoding_errors: str = "strict",
             raise CorpusError("standard input (-) can be read only once")
         stdin_bytes = (stdin or sys.stdin.buffer).read()
     digest, num_bytes = hashlib.sha256(), 0
-    for name in names:
-        with _open(name, stdin_bytes) as f:
-            while raw := f.read(CHUNK_BYTES):
-                digest.update(raw)
-                num_bytes += len(raw)
-    counting = _Counting(iter_texts(names, encoding_errors, stdin_bytes, level))
+
+    def hash_bytes(raw: bytes) -> None:
+        nonlocal num_bytes
+        digest.update(raw)
+        num_bytes += len(raw)
+
+    # one reading validates, hashes and counts: whatever the file does meanwhile, all three agree
+    counting = _Counting(iter_texts(names, encoding_errors, stdin_bytes, level, on_bytes=hash_bytes))
     counts = count_tokens(counting, level)
     corpus = Corpus(
         names=list(names),
