@@ -98,9 +98,10 @@ def read_prompt(model, tokenizer, ids: np.ndarray, s=None):
 
 
 def check_sampling_options(temperature: float, top_k: int | None, top_p: float | None) -> None:
-    """ValueError on out-of-range options (a temperature below 0, top_k below 1, top_p outside (0, 1])."""
-    if not temperature >= 0:  # also refuses NaN
-        raise ValueError(f"temperature must be >= 0, not {temperature}")
+    """ValueError on out-of-range options (a temperature below 0 or not finite, top_k below 1,
+    top_p outside (0, 1])."""
+    if not 0 <= temperature < float("inf"):  # also refuses NaN
+        raise ValueError(f"temperature must be a finite number >= 0, not {temperature}")
     if top_k is not None and top_k < 1:
         raise ValueError(f"top_k must be at least 1, not {top_k}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
@@ -125,7 +126,10 @@ def sampling_distribution(
         q = np.zeros_like(logp)
         q[np.arange(B), logp.argmax(axis=1)] = 1.0
         return q
-    z = logp / temperature
+    # Shift before dividing: the most probable id gets 0 and the others a finite or -inf score,
+    # never NaN, however close to 0 the temperature is (a tiny one overflows to -inf: greedy).
+    with np.errstate(over="ignore"):
+        z = (logp - logp.max(axis=1, keepdims=True)) / temperature
     if top_k is not None and top_k < K:
         drop = np.argpartition(-z, top_k, axis=1)[:, top_k:]  # all but the k largest of each row
         np.put_along_axis(z, drop, -np.inf, axis=1)
