@@ -3,7 +3,8 @@
 A thin layer over the library. It is the only module that uses click, tqdm, standard input and
 standard output. Results go to stdout; progress, warnings and errors go to stderr. Exit codes:
 0 success (also when a reader such as ``head`` closes the pipe early), 1 a user mistake or a
-diverged run (one line on stderr, never a traceback), 2 a usage error, 130 interrupted (Ctrl-C).
+diverged run (one line on stderr, never a traceback), 2 a usage error, 130 interrupted (Ctrl-C),
+143 terminated (SIGTERM; training saves first, as for Ctrl-C).
 
 NumPy and the library are imported inside the commands, so ``--help`` and ``--version`` start
 instantly.
@@ -12,6 +13,7 @@ instantly.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -54,6 +56,13 @@ class CharrnnGroup(click.Group):
             raise click.exceptions.Exit(130) from None
         except (ValueError, OSError, RuntimeError, MemoryError) as error:
             raise click.ClickException(_one_line(error)) from None
+        except Exception as error:  # a bug: still one line; CHARRNN_TRACEBACK=1 shows where
+            if os.environ.get("CHARRNN_TRACEBACK"):
+                raise
+            raise click.ClickException(
+                f"internal error ({type(error).__name__}: {_one_line(error)}); please report it "
+                "(CHARRNN_TRACEBACK=1 shows where)"
+            ) from None
 
 
 def _one_line(error: BaseException) -> str:
@@ -63,6 +72,67 @@ def _one_line(error: BaseException) -> str:
         return "out of memory (try a smaller --batch-size, --seq-len or --hidden-size)"
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def _check_memory(need: int, what: str, hint: str) -> None:
+    """A one-line error instead of starting something that cannot fit in memory."""
+    available = _available_memory()
+    if available is not None and need > available:
+        raise click.ClickException(
+            f"{what} needs about {_size(need)} of memory, but {_size(available)} is available; {hint}"
+        )
+
+
+def _available_memory() -> int | None:
+    """Bytes this process may still allocate: the system's available memory, within the cgroup
+    and address-space limits; None where the system does not say."""
+    limits = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            limits.append(soft)
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(0, min(limits)) if limits else None
+
+
+def _training_memory(config) -> int:
+    """A low estimate of the bytes a training run needs (the vocabulary counted as 2 tokens):
+    weights, gradient and optimizer buffers; the float64 draws of the orthogonal initialization;
+    the states and gates kept for backpropagation."""
+    from charrnn.cells import MODELS
+    from charrnn.checkpoint import count_params
+
+    itemsize = 8 if config.dtype == "float64" else 4
+    H, G = config.hidden_size, MODELS[config.cell].gates
+    params = count_params(config.model_config(2)) * itemsize * (3 + (config.optimizer == "adam"))
+    init = (G + 1) * H * H * 8
+    activations = config.batch_size * config.seq_len * (G + 1) * H * config.num_layers * itemsize
+    return params + init + activations
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float range that also refuses NaN and infinity (a usage error, exit 2)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
 
 
 def _warn(message: str) -> None:
@@ -171,7 +241,7 @@ TRAIN_FIELDS = {
     "random_seed": "seed",
 }
 POSITIVE_INT = click.IntRange(min=1)
-POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 
 
 @cli.command()
@@ -181,25 +251,25 @@ POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 @click.option("--hidden-size", type=POSITIVE_INT, help="Units per layer, H.  [default: 256]")
 @click.option("--num-layers", "--layers", "num_layers", type=POSITIVE_INT, help="Stacked recurrent layers.  [default: 1]")
 @click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
 @click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
 @click.option("--min-count", type=POSITIVE_INT, help="Rarer tokens become unknown.  [default: 1]")
 @click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")
-@click.option("--unknown-rate", type=click.FloatRange(0, 0.5, max_open=True), help="Share of training tokens read as unknown, so unseen ones cost ~10 bits.  [default: 0.001]")
+@click.option("--unknown-rate", type=FiniteFloatRange(0, 0.5, max_open=True), help="Share of training tokens read as unknown, so unseen ones cost ~10 bits.  [default: 0.001]")
 @click.option("--seq-len", type=POSITIVE_INT, help="BPTT length in tokens, T.  [default: 64]")
 @click.option("--batch-size", type=POSITIVE_INT, help="Parallel streams, B.  [default: 32]")
 @click.option("--optimizer", type=click.Choice(["adam", "adagrad", "sgd"]), help="Update rule.  [default: adam]")
 @click.option("--lr", type=POSITIVE_FLOAT, help="Learning rate.  [default: 0.002]")
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "exponential"]), help="Learning-rate schedule.  [default: constant]")
 @click.option("--warmup-steps", type=click.IntRange(min=0), help="Linear warm-up steps.  [default: 0]")
-@click.option("--weight-decay", type=click.FloatRange(min=0), help="Decoupled weight decay.  [default: 0.0]")
-@click.option("--clip", type=click.FloatRange(min=0), help="Max gradient norm, 0 = off.  [default: 5.0]")
+@click.option("--weight-decay", type=FiniteFloatRange(min=0), help="Decoupled weight decay.  [default: 0.0]")
+@click.option("--clip", type=FiniteFloatRange(min=0), help="Max gradient norm, 0 = off.  [default: 5.0]")
 @click.option("--steps", type=POSITIVE_INT, help="Stop after this many steps (in this run).")
 @click.option("--epochs", type=POSITIVE_FLOAT, help="Stop after this many passes over the corpus (in all).")
 @click.option("--max-time", type=POSITIVE_FLOAT, help="Stop after this many seconds (600 if no limit is given).")
 @click.option("--patience", type=POSITIVE_INT, help="Stop after this many validations without improvement.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), help="Held-out tail.  [default: 0.1]")
+@click.option("--val-fraction", type=FiniteFloatRange(0, 1, max_open=True), help="Held-out tail.  [default: 0.1]")
 @click.option("--eval-every", type=click.IntRange(min=0), help="Steps between validations.  [default: 200]")
 @click.option("--save-every", type=click.IntRange(min=0), help="Steps between checkpoints.  [default: 500]")
 @click.option("--keep", type=POSITIVE_INT, help="Checkpoints kept besides the best.  [default: 3]")
@@ -225,7 +295,8 @@ POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
 def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_errors, quiet, distributed, **options):
     """Train a model on CORPUS files (- for standard input; none: the bundled English corpus).
 
-    Progress goes to stderr. Ctrl-C finishes the current step, saves and exits with status 130.
+    Progress goes to stderr. Ctrl-C finishes the current step, saves and exits with status 130
+    (SIGTERM: the same, status 143).
     With --resume or --fine-tune, the saved run's settings apply except those given again; the
     limits (--steps, --epochs, --max-time, --patience) count from this invocation.
     """
@@ -251,6 +322,10 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_er
     if resume or fine_tune:  # the saved run's settings, then what this command line changes
         values = {**_saved_settings(store), **values}
     config = TrainConfig(**values)
+    _check_memory(
+        _training_memory(config), f"training {config.num_layers} x {config.hidden_size} {config.cell} units",
+        "choose a smaller --hidden-size, --num-layers, --batch-size or --seq-len",
+    )
     created = not model_path.exists()
     store.lock()
     try:
@@ -349,6 +424,7 @@ def _run_training(trainer, quiet: bool) -> None:
     """Drive ``trainer.run()``, showing progress on stderr; Ctrl-C and SIGTERM stop it cleanly."""
     import numpy as np
 
+    from charrnn.checkpoint import CheckpointError, NonFiniteWeightsError, SaveError
     from charrnn.train import DivergedError
 
     c = trainer.config
@@ -358,9 +434,18 @@ def _run_training(trainer, quiet: bool) -> None:
 
         bar = tqdm(total=1000, file=sys.stderr, bar_format="{percentage:3.0f}%|{bar:20}| {desc} [{elapsed}<{remaining}]")
 
+    stopped_by = [signal.SIGINT]
+
     def request_stop(signum, frame):
         trainer.stop_requested = True
+        stopped_by[0] = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C stops at once
+
+    def kept() -> str:
+        try:
+            return f"; the last good checkpoint is kept: {trainer.store.resolve('latest')}"
+        except (AttributeError, CheckpointError):
+            return "; nothing was saved"
 
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     _describe_run(trainer, quiet)  # after the handlers: from here on, Ctrl-C saves
@@ -377,10 +462,14 @@ def _run_training(trainer, quiet: bool) -> None:
                 elif not quiet and record.event == "eval":
                     click.echo(_progress_line(record), err=True)
     except DivergedError as error:
-        kept = trainer.store.checkpoints() if trainer.store else []
+        raise click.ClickException(f"{error}{kept()}") from None
+    except NonFiniteWeightsError:  # the update overflowed: the loss would be NaN at the next step
         raise click.ClickException(
-            f"{error}" + (f"; the last good checkpoint is kept: {kept[-1]}" if kept else "; nothing was saved")
+            f"training diverged at step {trainer.step} (the weights hold NaN or infinity); lower the "
+            f"learning rate (--lr) or clip gradients harder (--clip){kept()}"
         ) from None
+    except SaveError as error:  # a full disk, a directory made read-only meanwhile
+        raise click.ClickException(f"{error}{kept()}") from None
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -393,7 +482,7 @@ def _run_training(trainer, quiet: bool) -> None:
         val = f", validation {last.val_bpc:.4f} bits/{c.level}" if last.val_bpc is not None else ""
         click.echo(f"charrnn: stopped ({last.reason}) at step {last.step}{val}{where}", err=True)
     if last.reason == "interrupted":
-        raise click.exceptions.Exit(130)
+        raise click.exceptions.Exit(128 + stopped_by[0])  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def _describe_run(trainer, quiet: bool) -> None:
@@ -429,9 +518,9 @@ def _update_bar(bar, r) -> None:
 @click.option("--seed", "seed_text", type=str, help="The prompt to continue (default: none).")
 @click.option("--seed-file", type=str, help="Read the prompt from a file (- for standard input).")
 @click.option("-n", "--length", type=click.IntRange(min=0), default=500, show_default=True, help="Tokens to generate.")
-@click.option("-t", "--temperature", type=click.FloatRange(min=0), default=1.0, show_default=True, help="Below 1 is safer, above 1 wilder, 0 greedy.")
+@click.option("-t", "--temperature", type=FiniteFloatRange(min=0), default=1.0, show_default=True, help="Below 1 is safer, above 1 wilder, 0 greedy.")
 @click.option("--top-k", type=POSITIVE_INT, help="Sample only among the k most probable tokens.")
-@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), help="Sample only among the most probable tokens holding this mass.")
+@click.option("--top-p", type=FiniteFloatRange(0, 1, min_open=True), help="Sample only among the most probable tokens holding this mass.")
 @click.option("--greedy", is_flag=True, help="Always take the most probable token.")
 @click.option("--random-seed", type=click.IntRange(min=0), help="Make the output reproducible.")
 @click.option("--num-samples", type=POSITIVE_INT, default=1, show_default=True, help="Samples, drawn in parallel, separated by a blank line.")
@@ -452,6 +541,13 @@ def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, 
     prompt = _read_utf8(seed_file) if seed_file is not None else (seed_text or "")
     ckpt = _open(model_path)
     tok = ckpt.tokenizer
+    # per sample: a few float64 rows of K for the sampling distribution, the state, and (samples
+    # 2.. are printed at the end) one reference per generated token
+    row = 4 * 8 * tok.vocab_size + 2 * ckpt.model.dtype.itemsize * ckpt.model.state_size
+    _check_memory(
+        num_samples * row + (num_samples - 1) * length * 8, f"drawing {num_samples:,} samples of {length:,} tokens at once",
+        "ask for fewer --num-samples or a smaller --length",
+    )
     if dynamic:
         _adapt(ckpt, prompt, "the prompt")
     if unknown == "replace":
@@ -511,10 +607,10 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
     )
     ids = encode_cached(corpus, tok, None)
     if dynamic:
-        from charrnn.dynamic import DynamicConfig, dynamic_evaluate
+        from charrnn.dynamic import DynamicConfig
 
         config = DynamicConfig() if dynamic_lr is None else DynamicConfig(lr=dynamic_lr)
-        result = dynamic_evaluate(ckpt.model, tok, ids, config)  # one stream, read front to back
+        result = _dynamic(ckpt, ids, config, "dynamic evaluation", "use a smaller --dynamic-lr")
     elif dynamic_lr is not None:
         raise click.UsageError("--dynamic-lr needs --dynamic")
     else:
@@ -595,13 +691,26 @@ def predict(model_path, text, top, chars, beam_width, as_json, adapt_file):
 
 def _adapt(ckpt, text: str, where: str) -> None:
     """Dynamic evaluation over ``text``: the model's weights adapt to it (in memory only)."""
-    from charrnn.dynamic import DynamicConfig, dynamic_evaluate
+    from charrnn.dynamic import DynamicConfig
 
     ids = ckpt.tokenizer.encode(text)
     if len(ids) < 2:
         raise click.ClickException(f"{where} is too short to learn from (it needs at least 2 {ckpt.tokenizer.level}s)")
-    result = dynamic_evaluate(ckpt.model, ckpt.tokenizer, ids, DynamicConfig())
+    result = _dynamic(ckpt, ids, DynamicConfig(), f"adapting to {where}", "run without it")
     _warn_info(f"adapted to {where}: {result['chars']:,} {ckpt.tokenizer.level}s at {result['bits_per_char']:.3f} bits each")
+
+
+def _dynamic(ckpt, ids, config, what: str, hint: str) -> dict:
+    """Dynamic evaluation; a one-line error (not NaN results and NumPy warnings) if it diverges."""
+    import numpy as np
+
+    from charrnn.dynamic import dynamic_evaluate
+
+    with np.errstate(all="ignore"):
+        result = dynamic_evaluate(ckpt.model, ckpt.tokenizer, ids, config)
+    if not (math.isfinite(result["loss_nats"]) and np.isfinite(ckpt.model.theta).all()):
+        raise click.ClickException(f"{what} diverged (the loss or the weights became NaN or infinite); {hint}")
+    return result
 
 
 def _warn_info(message: str) -> None:
