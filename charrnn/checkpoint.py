@@ -199,8 +199,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
         with zipfile.ZipFile(path) as zf:
             _check_members(zf, path)
             return _load(zf, path)
-    except CheckpointError:
-        raise
+    except CheckpointError as e:
+        if str(e).startswith(str(path)):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None  # say which file (a store holds several)
     except zipfile.BadZipFile:
         raise CheckpointError(f"{path} is not a charrnn checkpoint (not a valid .npz file; truncated?)") from None
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.LargeZipFile) as e:
