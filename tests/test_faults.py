@@ -83,6 +83,8 @@ def test_kill_9_at_random_moments_never_loses_a_checkpoint(tmp_path):
         try:
             if trial % 2 and step is not None:  # right inside a save
                 stats["in_save"] += wait_for_a_save(store, start + 5.0)
+            elif trial == 0:  # before the first checkpoint: the next run starts afresh
+                time.sleep(rng.uniform(0.05, 0.3))
             else:  # anywhere: start-up, reading the corpus, a step, a save, validation
                 time.sleep(rng.uniform(0.0, 1.2))
             proc.send_signal(signal.SIGKILL)
