@@ -278,6 +278,7 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 @click.option("--fine-tune", is_flag=True, help="Continue training the model on a different corpus.")
 @click.option("--overwrite", is_flag=True, help="Delete the checkpoints already in the store and start afresh.")
 @click.option("--threads", type=POSITIVE_INT, help="BLAS threads (default: $OPENBLAS_NUM_THREADS, else 1).")
+@click.option("--workers", type=POSITIVE_INT, help="Stream workers: threads that share out the batch's streams (default: one per core; 1 if $OPENBLAS_NUM_THREADS is set).")
 @click.option(
     "--encoding-errors",
     type=click.Choice(["strict", "replace", "ignore"]),
@@ -292,7 +293,7 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
     "[default: on when started by mpiexec with several processes]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
-def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_errors, quiet, distributed, **options):
+def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, encoding_errors, quiet, distributed, **options):
     """Train a model on CORPUS files (- for standard input; none: the bundled English corpus).
 
     Progress goes to stderr. Ctrl-C finishes the current step, saves and exits with status 130
@@ -302,7 +303,7 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_er
     """
     from charrnn.checkpoint import ModelStore
     from charrnn.corpus import default_corpus_path
-    from charrnn.threads import default_threads, set_threads
+    from charrnn.threads import default_threads, default_workers, set_threads, set_workers
     from charrnn.train import TrainConfig, prepare
 
     if resume and fine_tune:
@@ -349,6 +350,7 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, encoding_er
             stdin=click.get_binary_stream("stdin") if "-" in names else None,
         )
         set_threads(threads or default_threads(trainer.config.hidden_size, trainer.config.batch_size))
+        set_workers(workers or default_workers(trainer.config.hidden_size, trainer.config.batch_size))
         _run_training(trainer, quiet)
     except BaseException:
         if created and not store.checkpoints():  # a failed first run leaves no empty store behind
@@ -614,6 +616,9 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
     elif dynamic_lr is not None:
         raise click.UsageError("--dynamic-lr needs --dynamic")
     else:
+        from charrnn.threads import default_workers, set_workers
+
+        set_workers(default_workers(getattr(ckpt.model, "hidden_size", 1), num_streams))
         result = score(ckpt.model, tok, ids, num_streams=num_streams)
     unit = tok.level
     if result["unknown_chars"]:
