@@ -72,6 +72,10 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason for an impossible setting."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name.replace('_', '-')} must be a finite number, not {value}")
         positive = ("hidden_size", "num_layers", "seq_len", "batch_size", "lr", "decay_every")
         for name in positive:
             if not getattr(self, name) > 0:

@@ -175,3 +175,11 @@ def test_only_a_fresh_score_marks_the_best(tmp_path, corpus):
     run(prepare(small_config(steps=7, eval_every=5, save_every=6), [corpus], store))
     # step 6 was saved with no score of its own; step 7 (the end) was validated
     assert store.index()["best"] in ("ckpt-000000005.npz", "ckpt-000000007.npz")
+
+
+@pytest.mark.parametrize("name", ["lr", "epochs", "max_time", "clip", "dropout"])
+def test_non_finite_settings_are_refused(name):
+    with pytest.raises(ValueError, match="finite"):
+        small_config(**{name: float("inf")}).validate()
+    with pytest.raises(ValueError, match="finite"):
+        small_config(**{name: float("nan")}).validate()
