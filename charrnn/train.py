@@ -23,7 +23,7 @@ import numpy as np
 from charrnn.checkpoint import Checkpoint, ModelStore
 from charrnn.data import Batches
 from charrnn.model import DTYPES, Model
-from charrnn.optim import Optimizer, clip_grad_norm_, learning_rate, make_optimizer
+from charrnn.optim import SCHEDULES, Optimizer, clip_grad_norm_, learning_rate, make_optimizer
 from charrnn.tokenizer import Tokenizer
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when neither steps, epochs nor max_time is given
@@ -49,8 +49,11 @@ class TrainConfig:
     seq_len: int = 64  # T, BPTT length in tokens
     batch_size: int = 32  # B, parallel streams
     optimizer: str = "adam"  # adam | adagrad | sgd
-    lr: float = 2e-3  # base learning rate
-    schedule: str = "constant"  # constant | cosine (over this invocation's budget) | exponential
+    lr: float = 3e-3  # base learning rate (the peak, for a decaying schedule)
+    # auto: cosine over the time budget when a run is limited by time (the default), constant when
+    # by --steps/--epochs, so that N steps + N resumed steps = 2N steps exactly | constant |
+    # cosine (over this invocation's budget) | exponential
+    schedule: str = "auto"
     warmup_steps: int = 0  # linear warm-up from lr/warmup_steps
     decay_every: int = 1000  # exponential schedule: steps per factor of decay_rate
     decay_rate: float = 0.5
@@ -90,6 +93,8 @@ class TrainConfig:
             raise ValueError("dropout must be in [0, 1)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val-fraction must be in [0, 1)")
+        if self.schedule not in ("auto", *SCHEDULES):
+            raise ValueError(f"schedule must be one of auto, {', '.join(SCHEDULES)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if self.min_count < 1:
@@ -281,7 +286,7 @@ class Trainer:
                 "lower the learning rate (--lr) or clip gradients harder (--clip)"
             )
         lr = learning_rate(
-            self.step, c.lr, c.schedule, self._total_steps(), c.warmup_steps,
+            self.step, c.lr, self.schedule, self._total_steps(), c.warmup_steps,
             decay_rate=c.decay_rate, decay_every=c.decay_every, progress=self.schedule_progress,
         )
         self.optimizer.step(self.model.theta, g, lr)
@@ -304,6 +309,14 @@ class Trainer:
         window = np.concatenate([inputs[:, :1], targets], axis=1)
         window[mask] = 0
         return window[:, :-1], window[:, 1:]
+
+    @property
+    def schedule(self) -> str:
+        """The schedule in force: "auto" is cosine for time-limited runs, else constant."""
+        c = self.config
+        if c.schedule != "auto":
+            return c.schedule
+        return "cosine" if c.steps is None and c.epochs is None else "constant"
 
     def _total_steps(self) -> int | None:
         if self.config.epochs:

@@ -183,3 +183,12 @@ def test_non_finite_settings_are_refused(name):
         small_config(**{name: float("inf")}).validate()
     with pytest.raises(ValueError, match="finite"):
         small_config(**{name: float("nan")}).validate()
+
+
+def test_auto_schedule_is_cosine_over_time_and_constant_over_steps(corpus):
+    assert prepare(small_config(max_time=5), [corpus], None).schedule == "cosine"
+    assert prepare(small_config(), [corpus], None).schedule == "cosine"  # the default time limit
+    assert prepare(small_config(steps=5), [corpus], None).schedule == "constant"
+    assert prepare(small_config(epochs=1.0, schedule="exponential"), [corpus], None).schedule == "exponential"
+    with pytest.raises(ValueError, match="schedule"):
+        small_config(schedule="linear").validate()
