@@ -50,7 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--eval-every", type=float, default=30.0, help="seconds of training between validations")
     p.add_argument("--dynamic", action="store_true", help="also score the best weights with dynamic evaluation")
-    p.add_argument("--dynamic-lr", type=float, default=DynamicConfig.lr)
+    p.add_argument("--dynamic-lr", type=float, nargs="+", default=[DynamicConfig.lr],
+                   help="one or more step sizes to try (each from the best weights)")
     p.add_argument("--dynamic-decay", type=float, default=DynamicConfig.decay)
     p.add_argument("--dynamic-seq-len", type=int, default=DynamicConfig.seq_len)
     p.add_argument("--threads", type=int, default=1)
@@ -108,12 +109,15 @@ def main(argv=None):
         "val_bpc": round(best_bpc, 4), "best_at_seconds": round(best_at, 1), "curve": curve,
     }
     if args.dynamic:
-        model.theta[...] = best_theta
-        t0 = time.perf_counter()
-        dyn = dynamic_evaluate(model, tokenizer, val_ids, DynamicConfig(
-            lr=args.dynamic_lr, decay=args.dynamic_decay, seq_len=args.dynamic_seq_len))
-        result["dynamic_val_bpc"] = round(dyn["bits_per_char"], 4)
-        result["dynamic_seconds"] = round(time.perf_counter() - t0, 1)
+        for lr in args.dynamic_lr:
+            model.theta[...] = best_theta
+            t0 = time.perf_counter()
+            dyn = dynamic_evaluate(model, tokenizer, val_ids, DynamicConfig(
+                lr=lr, decay=args.dynamic_decay, seq_len=args.dynamic_seq_len))
+            bpc = round(dyn["bits_per_char"], 4)
+            result.setdefault("dynamic", []).append({"lr": lr, "val_bpc": bpc, "seconds": round(time.perf_counter() - t0, 1)})
+            if bpc < result.get("dynamic_val_bpc", math.inf):
+                result["dynamic_val_bpc"], result["dynamic_lr"] = bpc, lr
     if args.json:
         print(json.dumps(result))
     else:

@@ -590,7 +590,7 @@ def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, 
     help="What to do with bytes that are not UTF-8.",
 )
 @click.option("--dynamic", is_flag=True, help="Dynamic evaluation: learn from each chunk once it is scored.")
-@click.option("--dynamic-lr", type=POSITIVE_FLOAT, help="Step size of dynamic evaluation.  [default: 0.0001]")
+@click.option("--dynamic-lr", type=POSITIVE_FLOAT, help="Step size of dynamic evaluation.  [default: 1e-4 for rnn, 1e-3 for lstm and gru (measured best)]")
 def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, dynamic_lr):
     """Score the model on FILES (- for standard input): loss, bits per character, perplexity, accuracy.
 

@@ -65,3 +65,13 @@ def test_bad_settings():
         DynamicConfig(lr=0).validate()
     with pytest.raises(ValueError):
         DynamicConfig(decay=1.0).validate()
+
+
+def test_default_step_size_follows_the_cell():
+    from charrnn.cells import build_model
+    from charrnn.dynamic import default_lr
+
+    assert default_lr(RNN(5, 4)) == 1e-4
+    assert default_lr(build_model({"cell": "lstm", "vocab_size": 5, "hidden_size": 4})) == 1e-3
+    updater = DynamicUpdater(RNN(5, 4), DynamicConfig())
+    assert updater.config.lr == 1e-4
