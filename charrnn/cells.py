@@ -110,7 +110,7 @@ class Stacked(Model):
         if not is_number or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         self.dropout = float(dropout)  # p, the probability of zeroing a unit, training only
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)  # None: zero weights, to be loaded
         K, H, E, GH = self.vocab_size, self.hidden_size, self.embedding_size, self.gates * self.hidden_size
         shapes = {} if E is None else {"Emb": (K, E)}
         for l in range(1, self.num_layers + 1):
@@ -119,7 +119,8 @@ class Stacked(Model):
         shapes.update({"V": (H, K), "c": (K,)})
         self.shapes = shapes
         self._allocate(dtype)
-        self.initialize(np.random.default_rng(seed))
+        if seed is not None:
+            self.initialize(np.random.default_rng(seed))
 
     @property
     def state_size(self) -> int:
@@ -533,8 +534,9 @@ _REQUIRED = ("cell", "vocab_size", "hidden_size")
 _OPTIONAL = {"num_layers": 1, "embedding_size": None, "dropout": 0.0}
 
 
-def build_model(config: dict, seed: int = 0, dtype=np.float32) -> Model:
-    """The network a config describes, freshly initialized from ``seed``.
+def build_model(config: dict, seed: int | None = 0, dtype=np.float32) -> Model:
+    """The network a config describes, freshly initialized from ``seed`` (None: zero weights,
+    for a checkpoint about to fill them, without the cost of initializing).
 
     config: {"cell": "rnn" | "lstm" | "gru", "vocab_size": K, "hidden_size": H, and optionally
     "num_layers": L (1), "embedding_size": E or None (None), "dropout": p (0.0)} -- exactly what
@@ -552,7 +554,7 @@ def build_model(config: dict, seed: int = 0, dtype=np.float32) -> Model:
     if cell not in MODELS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     options = {k: config.get(k, default) for k, default in _OPTIONAL.items()}
-    model = MODELS[cell](config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, **options)
-    if cell == "rnn" and model.num_layers == 1 and model.embedding_size is None and model.dropout == 0.0:
-        return RNN(model.vocab_size, model.hidden_size, seed=seed, dtype=dtype)  # the plain case
-    return model
+    plain = options["num_layers"] == 1 and options["embedding_size"] is None and options["dropout"] == 0.0
+    if cell == "rnn" and plain and not isinstance(options["num_layers"], bool):
+        return RNN(config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype)  # the plain case
+    return MODELS[cell](config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, **options)

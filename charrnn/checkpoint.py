@@ -103,18 +103,10 @@ def count_params(config: dict) -> int:
 
 
 def build_model(config: dict, dtype) -> Model:
-    """The model a config describes (any cell), with zeroed weights about to be loaded."""
-    from charrnn.model import RNN
+    """The model a config describes (any cell), with zero weights about to be loaded."""
+    from charrnn.cells import build_model as build_any_model
 
-    if config.get("cell", "rnn") == "rnn" and config.get("num_layers", 1) == 1 and not config.get(
-        "dropout"
-    ) and not config.get("embedding_size"):
-        return RNN(config["vocab_size"], config["hidden_size"], dtype=dtype)
-    try:
-        from charrnn.cells import build_model as build_cell_model
-    except ImportError:  # pragma: no cover - cells.py ships with the package
-        raise CheckpointError(f"unknown model cell {config.get('cell')!r}") from None
-    return build_cell_model(config, dtype=dtype)
+    return build_any_model(config, seed=None, dtype=dtype)
 
 
 # -- writing ------------------------------------------------------------------------------------

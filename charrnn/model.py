@@ -262,14 +262,17 @@ class RNN(Model):
     ``[dW; db] = sum_t [s_{t-1}, 1]^T da_t`` and ``[dV; dc] = sum_t [s_t, 1]^T do_t``.
     """
 
-    def __init__(self, vocab_size: int, hidden_size: int, seed: int = 0, dtype=np.float32):
+    def __init__(self, vocab_size: int, hidden_size: int, seed: int | None = 0, dtype=np.float32):
+        """``seed`` None leaves the weights zero, for a checkpoint about to fill them."""
         if vocab_size < 1 or hidden_size < 1:
             raise ValueError("vocab_size and hidden_size must be positive")
-        self.vocab_size, self.hidden_size, self.seed = int(vocab_size), int(hidden_size), int(seed)
+        self.vocab_size, self.hidden_size = int(vocab_size), int(hidden_size)
+        self.seed = None if seed is None else int(seed)
         K, H = self.vocab_size, self.hidden_size
         self.shapes = {"U": (K, H), "W": (H, H), "b": (H,), "V": (H, K), "c": (K,)}
         self._allocate(dtype)
-        self.initialize(np.random.default_rng(seed))
+        if seed is not None:
+            self.initialize(np.random.default_rng(seed))
 
     @property
     def state_size(self) -> int:

@@ -142,15 +142,9 @@ class DivergedError(RuntimeError):
 
 def make_model(config: TrainConfig, vocab_size: int) -> Model:
     """A freshly initialized model for ``config``."""
-    dtype = DTYPES[config.dtype]
-    mc = config.model_config(vocab_size)
-    if mc["cell"] == "rnn" and mc["num_layers"] == 1 and not mc["dropout"] and not mc["embedding_size"]:
-        from charrnn.model import RNN
-
-        return RNN(vocab_size, config.hidden_size, seed=config.seed, dtype=dtype)
     from charrnn.cells import build_model
 
-    return build_model(mc, seed=config.seed, dtype=dtype)
+    return build_model(config.model_config(vocab_size), seed=config.seed, dtype=DTYPES[config.dtype])
 
 
 def validation_bpc(model: Model, ids: np.ndarray, seq_len: int, max_tokens: int, num_streams: int = 64) -> float:

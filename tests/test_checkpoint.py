@@ -201,3 +201,13 @@ def test_lock_refuses_a_second_trainer(tmp_path):
     a.unlock()
     b.lock()
     b.unlock()
+
+
+def test_loading_does_not_initialize_the_model(tmp_path, monkeypatch):
+    """Loading builds the model with zero weights and fills them: no costly initialization (a QR
+    of H x H) before the first sampled character."""
+    save_checkpoint(tmp_path / "a.npz", make_ckpt())
+    calls = []
+    monkeypatch.setattr(RNN, "initialize", lambda self, rng: calls.append(rng))
+    back = load_checkpoint(tmp_path / "a.npz")
+    assert calls == [] and np.abs(back.model.theta).sum() > 0
