@@ -163,7 +163,7 @@ def _open(model_path: Path, prefer: str = "best"):
 def _read_utf8(name: str) -> str:
     """A whole file (``-``: standard input) as text; a one-line error with the byte offset if not UTF-8."""
     if name == "-":
-        data = click.get_binary_stream("stdin").read()
+        data = _stdin_bytes().read()
         where = "standard input"
     else:
         try:
@@ -177,6 +177,11 @@ def _read_utf8(name: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise click.ClickException(f"{where} is not valid UTF-8 (byte offset {e.start})") from None
+
+
+def _stdin_bytes():
+    """Standard input as a binary stream (click's get_binary_stream is deprecated)."""
+    return sys.stdin.buffer
 
 
 def _quote(text: str) -> str:
@@ -347,7 +352,7 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
             resume=resume,
             fine_tune=fine_tune,
             encoding_errors=encoding_errors,
-            stdin=click.get_binary_stream("stdin") if "-" in names else None,
+            stdin=_stdin_bytes() if "-" in names else None,
         )
         set_threads(threads or default_threads(trainer.config.hidden_size, trainer.config.batch_size))
         set_workers(workers or default_workers(trainer.config.hidden_size, trainer.config.batch_size))
@@ -605,7 +610,7 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
     tok = ckpt.tokenizer
     corpus = scan(
         list(files), tok.level, encoding_errors,
-        stdin=click.get_binary_stream("stdin") if "-" in files else None,
+        stdin=_stdin_bytes() if "-" in files else None,
     )
     ids = encode_cached(corpus, tok, None)
     if dynamic:
@@ -683,7 +688,7 @@ def predict(model_path, text, top, chars, beam_width, as_json, adapt_file):
     if text is not None:
         answer(text)
         return
-    stdin = click.get_binary_stream("stdin")
+    stdin = _stdin_bytes()
     if stdin.isatty():
         click.echo("charrnn: reading lines to continue from the terminal; Ctrl-D ends", err=True)
     for number, raw in enumerate(iter(stdin.readline, b""), start=1):
