@@ -335,16 +335,7 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
     created = not model_path.exists()
     store.lock()
     try:
-        existing = store.checkpoints()
-        if existing and not (resume or fine_tune or overwrite):
-            raise click.ClickException(
-                f"{model_path} already holds a model; use --resume to continue it, --fine-tune to train it "
-                "on a new corpus, --overwrite to start afresh, or another -m/--model"
-            )
-        if overwrite:
-            for path in existing:
-                path.unlink(missing_ok=True)
-            (model_path / "store.json").unlink(missing_ok=True)
+        _claim_store(store, resume, fine_tune, overwrite)
         trainer = prepare(
             config,
             names,
@@ -379,16 +370,7 @@ def _train_distributed(world, store, names, values, resume, fine_tune, overwrite
 
     def settings():  # on rank 0 only, holding the store's lock
         saved = _saved_settings(store) if resume or fine_tune else {}
-        existing = store.checkpoints()
-        if existing and not (resume or fine_tune or overwrite):
-            raise click.ClickException(
-                f"{store.directory} already holds a model; use --resume to continue it, --fine-tune to train "
-                "it on a new corpus, --overwrite to start afresh, or another -m/--model"
-            )
-        if overwrite:
-            for path in existing:
-                path.unlink(missing_ok=True)
-            (store.directory / "store.json").unlink(missing_ok=True)
+        _claim_store(store, resume, fine_tune, overwrite)
         return TrainConfig(**{**saved, **values})
 
     try:
@@ -414,6 +396,20 @@ def _train_distributed(world, store, names, values, resume, fine_tune, overwrite
         raise
     finally:
         store.unlock()
+
+
+def _claim_store(store, resume: bool, fine_tune: bool, overwrite: bool) -> None:
+    """Refuse to train over a model by accident; with --overwrite, clear the store first."""
+    existing = store.checkpoints()
+    if existing and not (resume or fine_tune or overwrite):
+        raise click.ClickException(
+            f"{store.directory} already holds a model; use --resume to continue it, --fine-tune to train it "
+            "on a new corpus, --overwrite to start afresh, or another -m/--model"
+        )
+    if overwrite:
+        for path in existing:
+            path.unlink(missing_ok=True)
+        (store.directory / "store.json").unlink(missing_ok=True)
 
 
 RUN_LIMITS = ("steps", "epochs", "max_time", "patience")  # per invocation: never inherited

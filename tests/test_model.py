@@ -189,25 +189,9 @@ def test_bad_shapes_are_refused():
 
 
 def test_small_model_overfits_a_repeated_string():
-    from charrnn.data import Batches
-    from charrnn.optim import Adam, clip_grad_norm_
-    from charrnn.tokenizer import Tokenizer
+    from samples import REPEATED_TOKENIZER, overfit_repeated_string
 
-    text = "我喜欢学习数学, and I like maths. " * 40
-    tok = Tokenizer.fit(text)
-    ids = tok.encode(text)
-    m = RNN(tok.vocab_size, 48, seed=0)
-    opt = Adam(m.num_params)
-    batches = Batches(ids, batch_size=4, seq_len=25)
-    s = m.zero_state(4)
-    for step in range(300):
-        k = step % batches.num_chunks
-        if k == 0:
-            s = m.zero_state(4)
-        x, y = batches.chunk(k)
-        loss, g, s = m.loss_and_flat_grad(x, y, s)
-        clip_grad_norm_(g, 5.0)
-        opt.step(m.theta, g, 0.01)
+    loss = overfit_repeated_string(RNN(REPEATED_TOKENIZER.vocab_size, 48, seed=0))
     assert loss < 0.05
 
 
