@@ -20,7 +20,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from charrnn.corpus import encode_cached, scan
 from charrnn.dynamic import DynamicConfig, dynamic_evaluate

@@ -32,22 +32,6 @@ def step_only(model: RNN):
     return run
 
 
-def step_and_draw(model: RNN, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    K = model.vocab_size
-    state = {"s": model.zero_state(1), "x": 1}
-
-    def run(steps):
-        s, x = state["s"], state["x"]
-        for _ in range(steps):
-            p, s = model.step(x, s)  # (1, K), (1, H)
-            cdf = p[0].cumsum()
-            x = min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), K - 1)  # inverse CDF
-        state["s"], state["x"] = s, x
-
-    return run
-
-
 def library_generate(model: RNN, seed: int = 0):
     from charrnn.sampling import generate
     from charrnn.tokenizer import Tokenizer
@@ -78,7 +62,7 @@ def main(argv=None) -> None:
         harness.with_threads(n)
         for K in args.vocab:
             model = RNN(K, args.hidden_size, seed=0)
-            runs = {"step": step_only(model), "step + draw": step_and_draw(model), "generate": library_generate(model)}
+            runs = {"step": step_only(model), "step + draw": harness.step_and_draw(model), "generate": library_generate(model)}
             rates = harness.median_rates(runs, dict.fromkeys(runs, 1), args.steps, args.repeats)
             for name, rate in rates.items():
                 rows.append([f"K={K} H={args.hidden_size}", n, name, f"{rate:,.0f}", f"{1e6 / rate:.1f}"])

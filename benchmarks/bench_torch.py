@@ -19,7 +19,6 @@ import sys
 import time
 
 import harness
-import numpy as np
 
 
 def torch_training(torch, K, H, B, T, seed=0):
@@ -69,19 +68,7 @@ def charrnn_sampling(K, H, seed=0):
     """A run(steps) function drawing one token per step from charrnn's RNN (B=1)."""
     from charrnn.model import RNN
 
-    model = RNN(K, H, seed=seed)
-    rng = np.random.default_rng(seed)
-    state = {"s": model.zero_state(1), "x": 0}
-
-    def run(steps):
-        s, x = state["s"], state["x"]
-        for _ in range(steps):
-            p, s = model.step(x, s)  # (1, K), (1, H)
-            cdf = p[0].cumsum()
-            x = min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), K - 1)  # inverse CDF
-        state["s"], state["x"] = s, x
-
-    return run
+    return harness.step_and_draw(RNN(K, H, seed=seed), seed)
 
 
 def main(argv=None) -> None:

@@ -201,3 +201,20 @@ class BusyCore:
         self.process.kill()
         self.process.wait()
         return False
+
+
+def step_and_draw(model, seed: int = 0):
+    """A run(steps) function: one model.step and one inverse-CDF draw per token (B=1)."""
+    rng = np.random.default_rng(seed)
+    K = model.vocab_size
+    state = {"s": model.zero_state(1), "x": 1}
+
+    def run(steps):
+        s, x = state["s"], state["x"]
+        for _ in range(steps):
+            p, s = model.step(x, s)  # (1, K), (1, H)
+            cdf = p[0].cumsum()
+            x = min(int(cdf.searchsorted(rng.random() * cdf[-1], side="right")), K - 1)  # inverse CDF
+        state["s"], state["x"] = s, x
+
+    return run

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from charrnn.cells import CELLS, GRU, LSTM, MODELS, StackedRNN, build_model
+from charrnn.cells import CELLS, LSTM, MODELS, StackedRNN, build_model
 from charrnn.model import RNN
 
 # (num_layers, embedding_size, dropout): with and without each of layers, embedding, dropout

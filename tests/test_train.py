@@ -130,7 +130,6 @@ def test_bad_config_is_refused(corpus):
 
 
 def test_unknown_noise_teaches_a_sane_price_for_unseen_characters(tmp_path, corpus):
-    from charrnn.evaluate import evaluate
 
     unseen = "The quick 狐 brown fox" * 3  # 狐 is not in the corpus
     prices = {}
