@@ -87,7 +87,8 @@ def count_params(config: dict) -> int:
 
     The shapes are those of ``charrnn.cells.Stacked`` (``model.RNN`` is its one-layer rnn case):
     Emb (K, E) if E; per layer l, U_l (rows, G*H) with rows K, E or H, W_l (H, G*H), b_l (G*H,);
-    then V (H, K), c (K,). G is the cell's number of gates.
+    then V (H, K), c (K,); and for the class-factored head (``output`` "classes") Q (H, C), d (C,),
+    with C one more than the largest class in ``class_of``. G is the cell's number of gates.
     """
     from charrnn.cells import MODELS
 
@@ -99,7 +100,20 @@ def count_params(config: dict) -> int:
     GH = MODELS[cell].gates * H
     first_rows = K if E is None else E
     per_layer = H * GH + GH  # W_l and b_l
-    return (0 if E is None else K * E) + first_rows * GH + (L - 1) * H * GH + L * per_layer + H * K + K
+    return (0 if E is None else K * E) + first_rows * GH + (L - 1) * H * GH + L * per_layer + H * K + K + _head_extra(config)
+
+
+def _head_extra(config: dict) -> int:
+    """The parameters the output layer holds besides V and c: (H+1) C for the class head."""
+    output = config.get("output", "full")
+    if output == "full":
+        return 0
+    class_of = config.get("class_of")
+    if output != "classes" or not isinstance(class_of, list) or len(class_of) != config["vocab_size"]:
+        raise CheckpointError(f"bad output layer description ({output!r}, its classes)")
+    if not all(isinstance(k, int) and 0 <= k < len(class_of) for k in class_of):
+        raise CheckpointError("bad class assignment of the output layer")
+    return (config["hidden_size"] + 1) * (max(class_of) + 1)
 
 
 def build_model(config: dict, dtype) -> Model:

@@ -223,6 +223,8 @@ TRAIN_FIELDS = {
     "embedding_size": "embedding_size",
     "dropout": "dropout",
     "dtype": "dtype",
+    "output": "output",
+    "num_classes": "num_classes",
     "level": "level",
     "min_count": "min_count",
     "max_vocab": "max_vocab",
@@ -258,6 +260,8 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 @click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
 @click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
+@click.option("--output", type=click.Choice(["auto", "full", "classes"]), help="Output layer: one softmax over all tokens, or exact frequency classes (faster for large vocabularies); auto: classes from 192 tokens.  [default: auto]")
+@click.option("--num-classes", type=POSITIVE_INT, help="Classes of the class output layer (default: about the square root of the vocabulary size).")
 @click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
 @click.option("--min-count", type=POSITIVE_INT, help="Rarer tokens become unknown.  [default: 1]")
 @click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")
@@ -739,6 +743,15 @@ def sparkline(values: list[float], width: int = 60) -> str:
     return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / (hi - lo) * len(SPARKS)))] for v in values)
 
 
+def _describe_output(head) -> str:
+    """The output layer in words, for ``info``."""
+    if head.kind == "classes":
+        sizes = head.start[1:] - head.start[:-1]
+        return (f"{head.num_classes:,} frequency classes of {min(sizes):,} to {max(sizes):,} tokens "
+                f"(exact class-factored softmax over {head.vocab_size:,} tokens)")
+    return f"full softmax over {head.vocab_size:,} tokens"
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -774,9 +787,12 @@ def info(model_path, as_json):
         marks = [k for k in ("best", "latest") if index.get(k) == path.name]
         listing.append({"file": path.name, "step": step, "bytes": path.stat().st_size, "val_bpc": val_at.get(step), "marks": marks})
     vocab = tok.tokens[1:]
+    head = model.head
+    output = {"kind": head.kind, **({"num_classes": head.num_classes} if head.kind == "classes" else {})}
     summary = {
         "checkpoint": str(ckpt.path),
-        "model": config,
+        "model": {k: v for k, v in config.items() if k != "class_of"},  # K numbers: in the checkpoint
+        "output": output,
         "dtype": model.dtype.name,
         "params": model.num_params,
         "param_bytes": model.num_params * model.dtype.itemsize,
@@ -798,6 +814,7 @@ def info(model_path, as_json):
     lines = [
         ("checkpoint", f"{ckpt.path}"),
         ("model", f"{config.get('cell', 'rnn')}, {layers} layer{'s' if layers != 1 else ''} of {config['hidden_size']} units, {model.dtype.name}"),
+        ("output", _describe_output(head)),
         ("size", f"{model.num_params:,} parameters ({_size(summary['param_bytes'])}); file {_size(summary['file_bytes'] or 0)}"),
         ("vocabulary", f"{tok.vocab_size:,} {tok.level}s (the unknown one included): {preview}"),
         ("trained", f"{ckpt.step:,} steps" + (f" (the store's latest: step {curve[-1][0]:,})" if curve and curve[-1][0] > ckpt.step else "")),

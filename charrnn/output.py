@@ -285,6 +285,18 @@ class ClassHead(FullHead):
     def backward_logits(self, flat, S1, do, gflat, work=None):
         raise TypeError("the class-factored head has no full logits to take a gradient from")
 
+    def class_probs(self, flat: np.ndarray, s1: np.ndarray) -> np.ndarray:
+        """softmax(q) (B, C), float64, for a few rows s1 (B, H+1): the first factor, at H C per row."""
+        q = np.matmul(s1, self._Qd(flat)).astype(np.float64)  # (B, C)
+        return softmax_(q)
+
+    def member_probs(self, flat: np.ndarray, s1: np.ndarray, k: int) -> np.ndarray:
+        """softmax(o within class k) (B, size of k), float64, for rows s1 (B, H+1): the second
+        factor, at H |k| per row. Column j is token ``order[start[k] + j]``."""
+        a, b = self.start[k], self.start[k + 1]
+        o = np.matmul(s1, self._Vc(flat)[:, a:b]).astype(np.float64)  # (B, |k|)
+        return softmax_(o)
+
 
 def frequency_classes(counts, num_classes: int) -> np.ndarray:
     """Mikolov's frequency binning: class_of (K,) for token counts (K,).
@@ -328,3 +340,31 @@ def make_head(vocab_size: int, hidden_size: int, config: dict | None = None):
             raise ValueError("a class-factored output needs its class_of assignment")
         return ClassHead(vocab_size, hidden_size, config["class_of"])
     raise ValueError(f"unknown output {kind!r}; choose one of {', '.join(OUTPUTS)}")
+
+
+# -- choosing the head for a training run -----------------------------------------------------
+
+# ``auto`` picks the class head from this vocabulary size up. Measured with bench_output.py
+# (H=256 B=32 T=64, one thread, classes/full training tokens/s): K=128 0.90x, 192 1.11x,
+# 256 1.12x, 384 2.67x (see docs/performance.md); below, the class head's extra product and
+# per-class loop cost more than the H K it saves.
+AUTO_CLASSES_FROM = 192
+
+
+def resolve_output(output: str, vocab_size: int) -> str:
+    """The head a run uses: ``output`` "full" or "classes" as given, "auto" by vocabulary size."""
+    if output == "auto":
+        return "classes" if vocab_size >= AUTO_CLASSES_FROM else "full"
+    if output not in OUTPUTS:
+        raise ValueError(f"unknown output {output!r}; choose one of auto, {', '.join(OUTPUTS)}")
+    return output
+
+
+def output_config(output: str, counts, num_classes: int | None = None) -> dict:
+    """The model config's output part for token ``counts`` (K,): {} for the full softmax (what
+    older checkpoints hold), else frequency classes (``num_classes``, default about sqrt(K))."""
+    counts = np.asarray(counts)
+    if resolve_output(output, len(counts)) == "full":
+        return {}
+    C = default_num_classes(len(counts)) if num_classes is None else num_classes
+    return {"output": "classes", "class_of": frequency_classes(counts, C).tolist()}

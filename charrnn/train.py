@@ -23,10 +23,12 @@ import numpy as np
 from charrnn.checkpoint import Checkpoint, ModelStore
 from charrnn.data import Batches
 from charrnn.model import DTYPES, Model
+from charrnn.output import OUTPUTS, output_config
 from charrnn.optim import SCHEDULES, Optimizer, clip_grad_norm_, learning_rate, make_optimizer
 from charrnn.tokenizer import Tokenizer
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when neither steps, epochs nor max_time is given
+COUNT_CHUNK = 1 << 20  # ids counted at a time when placing tokens in output classes
 
 
 @dataclass
@@ -40,6 +42,10 @@ class TrainConfig:
     embedding_size: int | None = None  # E; None: the first layer looks up its input rows directly
     dropout: float = 0.0  # inverted dropout between layers and on the output, in [0, 1)
     dtype: str = "float32"  # float32 (fast) | float64 (for checks)
+    # the output layer (charrnn.output): full softmax | classes (exact class-factored softmax,
+    # H (C + class size) per token instead of H K) | auto: classes from AUTO_CLASSES_FROM tokens
+    output: str = "auto"
+    num_classes: int | None = None  # C for the class head; None: about sqrt(K)
     # tokenizer
     level: str = "char"  # char | word
     min_count: int = 1  # tokens seen fewer times map to the unknown id
@@ -83,7 +89,7 @@ class TrainConfig:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
-        for name in ("steps", "epochs", "max_time", "patience", "embedding_size", "max_vocab"):
+        for name in ("steps", "epochs", "max_time", "patience", "embedding_size", "max_vocab", "num_classes"):
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
@@ -95,6 +101,8 @@ class TrainConfig:
             raise ValueError("val-fraction must be in [0, 1)")
         if self.schedule not in ("auto", *SCHEDULES):
             raise ValueError(f"schedule must be one of auto, {', '.join(SCHEDULES)}")
+        if self.output not in ("auto", *OUTPUTS):
+            raise ValueError(f"output must be one of auto, {', '.join(OUTPUTS)}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if self.min_count < 1:
@@ -102,7 +110,10 @@ class TrainConfig:
         if self.clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("clip, weight-decay and warmup-steps cannot be negative")
 
-    def model_config(self, vocab_size: int) -> dict:
+    def model_config(self, vocab_size: int, counts=None) -> dict:
+        """The model config for K = ``vocab_size`` tokens; ``counts`` (K,), the training split's
+        token counts, place the tokens in classes when the class head is used (default: all equal)."""
+        counts = np.ones(vocab_size) if counts is None else counts
         return {
             "cell": self.cell,
             "vocab_size": vocab_size,
@@ -110,6 +121,7 @@ class TrainConfig:
             "num_layers": self.num_layers,
             "embedding_size": self.embedding_size,
             "dropout": self.dropout,
+            **output_config(self.output, counts, self.num_classes),
         }
 
     @classmethod
@@ -140,11 +152,22 @@ class DivergedError(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
 
 
-def make_model(config: TrainConfig, vocab_size: int) -> Model:
-    """A freshly initialized model for ``config``."""
+def make_model(config: TrainConfig, vocab_size: int, counts=None) -> Model:
+    """A freshly initialized model for ``config``; ``counts`` (K,) as for ``model_config``."""
     from charrnn.cells import build_model
 
-    return build_model(config.model_config(vocab_size), seed=config.seed, dtype=DTYPES[config.dtype])
+    return build_model(config.model_config(vocab_size, counts), seed=config.seed, dtype=DTYPES[config.dtype])
+
+
+def token_counts(config: TrainConfig, train_ids: np.ndarray, vocab_size: int) -> np.ndarray:
+    """How often each token occurs in the training split (K,), as training will show them: the
+    unknown id 0 also stands for the ``unknown_rate`` noise, so it counts at least that often
+    (otherwise it would sit among the rarest tokens, in the largest class, whatever the noise)."""
+    counts = np.zeros(vocab_size, dtype=np.float64)
+    for a in range(0, len(train_ids), COUNT_CHUNK):  # in chunks: the ids may be a memmap of GBs
+        counts += np.bincount(train_ids[a : a + COUNT_CHUNK], minlength=vocab_size)
+    counts[0] = max(counts[0], config.unknown_rate * len(train_ids))
+    return counts
 
 
 def validation_bpc(model: Model, ids: np.ndarray, seq_len: int, max_tokens: int, num_streams: int = 64) -> float:
@@ -454,7 +477,8 @@ def prepare(
         ckpt = store.load(prefer="latest")
         saved = TrainConfig.from_dict(ckpt.meta.get("train_config", {}))
         # the architecture and vocabulary come from the checkpoint, the run's limits from now
-        for name in ("cell", "hidden_size", "num_layers", "embedding_size", "dtype", "level", "min_count", "max_vocab"):
+        architecture = ("cell", "hidden_size", "num_layers", "embedding_size", "dtype", "output", "num_classes")
+        for name in (*architecture, "level", "min_count", "max_vocab"):
             setattr(config, name, getattr(saved, name))
         if not fine_tune:
             for name in ("batch_size", "seq_len", "val_fraction", "seed"):
@@ -475,7 +499,13 @@ def prepare(
     cache = store.directory / "cache" if store is not None else None
     ids = encode_cached(corpus, tokenizer, cache)
     train_ids, val_ids = split_train_val(ids, config.val_fraction)
-    model = ckpt.model if ckpt is not None else make_model(config, tokenizer.vocab_size)
+    if ckpt is not None:
+        model = ckpt.model
+    else:
+        model = make_model(config, tokenizer.vocab_size, token_counts(config, train_ids, tokenizer.vocab_size))
+    # the head in use, not "auto": what the checkpoint's settings say and a resumed run keeps
+    config.output = model.head.kind
+    config.num_classes = getattr(model.head, "num_classes", None)
     trainer = Trainer(config, model, tokenizer, train_ids, val_ids, store=store, corpus=corpus.describe())
     if ckpt is not None:
         trainer.restore(ckpt, data_too=not fine_tune)

@@ -465,3 +465,67 @@ def test_dynamic_adaptation_for_sample_and_predict(tmp_path):
     assert _json.loads(r.stdout)["candidates"]
     r = runner.invoke(cli, ["sample", "-m", str(model), "--seed", "我", "--dynamic"])
     assert r.exit_code == 1 and "too short" in r.stderr
+
+
+# -- the class-factored output layer --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chinese_classes(tmp_path_factory):
+    """A model trained through the CLI on the bundled Chinese text (~1,400 distinct characters,
+    so ``--output auto`` picks the class head)."""
+    store = tmp_path_factory.mktemp("classes") / "model"
+    corpus = ROOT / "corpora" / "chinese.txt"
+    result = invoke("train", corpus, "-m", store, *TINY, "--steps", "40", "-q")
+    assert result.exit_code == 0, result.stderr
+    return store, corpus
+
+
+def test_auto_trains_the_class_head_on_chinese_and_every_command_uses_it(chinese_classes, tmp_path):
+    store, corpus = chinese_classes
+    info = json.loads(invoke("info", "-m", store, "--json").stdout)
+    K = info["vocab_size"]
+    assert K > 1000 and info["output"] == {"kind": "classes", "num_classes": round(math.sqrt(K))}
+    assert "class_of" not in info["model"]  # K numbers: in the checkpoint, not on the screen
+    text = invoke("info", "-m", store).stdout
+    assert re.search(rf"^output +{round(math.sqrt(K))} frequency classes of \d+ to \d+ tokens", text, re.M)
+    for options in ([], ["-t", "0.8"], ["--top-k", "5"], ["--greedy"]):
+        sampled = invoke("sample", "-m", store, "-n", "30", "--random-seed", "1", "--seed", "我们", *options)
+        assert sampled.exit_code == 0, sampled.stderr
+        assert len(sampled.stdout) == 31 and sampled.stdout.endswith("\n")
+    again = invoke("sample", "-m", store, "-n", "30", "--random-seed", "1", "--seed", "我们")
+    assert again.stdout == invoke("sample", "-m", store, "-n", "30", "--random-seed", "1", "--seed", "我们").stdout
+    part = tmp_path / "part.txt"
+    part.write_text(corpus.read_text(encoding="utf-8")[:3000], encoding="utf-8")
+    scored = json.loads(invoke("evaluate", "-m", store, part, "--json").stdout)
+    assert 0 < scored["bits_per_char"] < math.log2(K)
+    dynamic = invoke("evaluate", "-m", store, part, "--json", "--dynamic")
+    assert dynamic.exit_code == 0, dynamic.stderr
+    predicted = json.loads(invoke("predict", "-m", store, "--text", "我们", "--top", "3", "--json").stdout)
+    probs = [c["prob"] for c in predicted["candidates"]]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+
+
+def test_output_full_and_num_classes_through_the_cli(tmp_path):
+    corpus = ROOT / "corpora" / "chinese.txt"
+    full = invoke("train", corpus, "-m", tmp_path / "full", *TINY, "--steps", "2", "-q", "--output", "full")
+    assert full.exit_code == 0, full.stderr
+    assert json.loads(invoke("info", "-m", tmp_path / "full", "--json").stdout)["output"] == {"kind": "full"}
+    assert "full softmax over" in invoke("info", "-m", tmp_path / "full").stdout
+    some = invoke("train", corpus, "-m", tmp_path / "c", *TINY, "--steps", "2", "-q", "--num-classes", "7")
+    assert some.exit_code == 0, some.stderr
+    info = json.loads(invoke("info", "-m", tmp_path / "c", "--json").stdout)
+    assert info["output"] == {"kind": "classes", "num_classes": 7}
+    # resuming keeps the checkpoint's head, whatever the command line says
+    resumed = invoke("train", corpus, "-m", tmp_path / "c", "--steps", "1", "-q", "--resume", "--output", "full")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert json.loads(invoke("info", "-m", tmp_path / "c", "--json").stdout)["output"]["num_classes"] == 7
+    assert invoke("train", corpus, "-m", tmp_path / "x", "--output", "tree").exit_code == 2
+    assert invoke("train", corpus, "-m", tmp_path / "x", "--num-classes", "0").exit_code == 2
+
+
+def test_the_auto_threshold_in_the_help_is_the_one_in_force():
+    from charrnn.output import AUTO_CLASSES_FROM
+
+    (param,) = [p for p in cli.commands["train"].params if p.name == "output"]
+    assert f"auto: classes from {AUTO_CLASSES_FROM} tokens" in param.help

@@ -162,6 +162,29 @@ def test_two_ranks_give_the_weights_of_one_rank(runs):
 
 
 @needs_mpi
+def test_two_ranks_with_the_class_head_give_the_weights_of_one_rank(runs, tmp_path):
+    """The class-factored head under MPI: the class assignment rank 0 makes from the counts
+    reaches every rank, and 2 ranks train what 1 process trains."""
+    from charrnn.checkpoint import ModelStore
+    from charrnn.train import TrainConfig, prepare
+
+    config = dict(CONFIG, steps=12, output="classes", num_classes=6)
+    spec = {"corpus": [str(runs / "corpus.txt")], "store": str(tmp_path / "two"), "config": config,
+            "out": str(tmp_path / "two.npy")}
+    result = launch(spec, tmp_path)
+    assert result.returncode == 0, result.stderr
+    one = prepare(TrainConfig(**config), [str(runs / "corpus.txt")], ModelStore(tmp_path / "one"))
+    list(one.run())
+    two = latest(tmp_path / "two")
+    assert two.meta["ranks"] == 2 and two.model.head.kind == one.model.head.kind == "classes"
+    np.testing.assert_array_equal(two.model.head.class_of, one.model.head.class_of)
+    np.testing.assert_allclose(two.model.theta, one.model.theta, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(
+        [h["val_bpc"] for h in two.meta["history"]], [h["val_bpc"] for h in one.history], rtol=1e-5
+    )
+
+
+@needs_mpi
 def test_resuming_under_mpi_is_exact(runs, tmp_path):
     shutil.copytree(runs / "two12", tmp_path / "m")
     spec = {
@@ -401,3 +424,4 @@ def test_shares_cut_contiguous_parts_that_differ_by_at_most_one(n, size):
 
 if __name__ == "__main__":
     sys.exit(drive(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8"))))
+

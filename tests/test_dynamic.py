@@ -75,3 +75,24 @@ def test_default_step_size_follows_the_cell():
     assert default_lr(build_model({"cell": "lstm", "vocab_size": 5, "hidden_size": 4})) == 1e-3
     updater = DynamicUpdater(RNN(5, 4), DynamicConfig())
     assert updater.config.lr == 1e-4
+
+
+def test_dynamic_evaluation_with_the_class_head(setup):
+    """The class-factored head learns from each chunk the same way: the scores stay exact
+    probabilities (static ones equal the summed log p of log_probs) and adapt to the text."""
+    from charrnn.output import frequency_classes
+
+    _, tok, ids = setup
+    counts = np.bincount(ids, minlength=tok.vocab_size)
+    output = {"output": "classes", "class_of": frequency_classes(counts, 4).tolist()}
+    model = RNN(tok.vocab_size, 32, seed=0, output=output)
+    assert model.head.kind == "classes"
+    static = evaluate(model, tok, ids, num_streams=1, seq_len=20)
+    logp, _ = model.log_probs(np.asarray(ids[:-1])[None, :].astype(np.int64))
+    exact = -logp[0, np.arange(len(ids) - 1), ids[1:]].sum() / np.log(2) / (len(ids) - 1)
+    assert static["bits_per_char"] == pytest.approx(exact, rel=1e-4)
+    Q = model.Q.copy()
+    dynamic = dynamic_evaluate(model, tok, ids, DynamicConfig(lr=1e-2, seq_len=20))
+    assert dynamic["dynamic_updates"] == int(np.ceil((len(ids) - 1) / 20))
+    assert dynamic["bits_per_char"] < 0.8 * static["bits_per_char"]
+    assert not np.array_equal(model.Q, Q)  # the class weights learned too

@@ -656,6 +656,34 @@ def test_param_count_without_building_matches_the_models():
         for layers, emb in [(1, None), (2, None), (1, 5), (3, 4)]:
             config = {"cell": cell, "vocab_size": 11, "hidden_size": 6, "num_layers": layers, "embedding_size": emb, "dropout": 0.0}
             assert count_params(config) == build_model(config).num_params, config
+            classes = {**config, "output": "classes", "class_of": [0, 3, 1, 2, 2, 1, 0, 3, 3, 1, 0]}
+            assert count_params(classes) == build_model(classes).num_params, classes
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"output": "classes"},  # no assignment
+        {"output": "classes", "class_of": [0, 1]},  # not one class per token
+        {"output": "classes", "class_of": "0,1"},
+        {"output": "heads"},
+    ],
+)
+def test_a_bad_output_layer_description_is_refused_in_one_line(model, tmp_path, output):
+    def change(meta):
+        meta["model"].update(output)
+
+    bad = write_zip(tmp_path / "bad.npz", with_meta(members_of(model.ckpt), change))
+    check(invoke("info", "-m", bad), 1, r"bad output layer description")
+
+
+def test_a_class_assignment_out_of_range_is_refused(model, tmp_path):
+    def change(meta):
+        K = meta["model"]["vocab_size"]
+        meta["model"].update(output="classes", class_of=[0] * (K - 1) + [10**12])
+
+    bad = write_zip(tmp_path / "bad.npz", with_meta(members_of(model.ckpt), change))
+    check(invoke("info", "-m", bad), 1, r"bad class assignment")
 
 
 @pytest.mark.parametrize("kind", ["huge-model", "huge-theta-header", "huge-state", "declared-member-size"])

@@ -191,3 +191,60 @@ def test_auto_schedule_is_cosine_over_time_and_constant_over_steps(corpus):
     assert prepare(small_config(epochs=1.0, schedule="exponential"), [corpus], None).schedule == "exponential"
     with pytest.raises(ValueError, match="schedule"):
         small_config(schedule="linear").validate()
+
+
+# -- the output layer -----------------------------------------------------------------------------
+
+
+def test_resume_is_exact_with_the_class_head(tmp_path, corpus):
+    cfg = dict(batch_size=16, seq_len=32, output="classes", num_classes=5)
+    one = prepare(small_config(steps=14, **cfg), [corpus], ModelStore(tmp_path / "one"))
+    assert one.model.head.kind == "classes" and one.model.head.num_classes == 5
+    run(one)
+    run(prepare(small_config(steps=7, **cfg), [corpus], ModelStore(tmp_path / "two")))
+    # the output settings come from the checkpoint, whatever this invocation says
+    resumed = prepare(small_config(steps=7, batch_size=16, seq_len=32), [corpus], ModelStore(tmp_path / "two"), resume=True)
+    assert resumed.config.output == "classes" and resumed.config.num_classes == 5
+    run(resumed)
+    np.testing.assert_array_equal(resumed.model.theta, one.model.theta)
+    np.testing.assert_array_equal(resumed.s, one.s)
+
+
+def test_auto_output_picks_classes_from_the_threshold(tmp_path, corpus):
+    from charrnn.output import AUTO_CLASSES_FROM, resolve_output
+
+    assert resolve_output("auto", AUTO_CLASSES_FROM - 1) == "full"
+    assert resolve_output("auto", AUTO_CLASSES_FROM) == "classes"
+    small = prepare(small_config(steps=1), [corpus], None)  # a few dozen characters
+    assert small.tokenizer.vocab_size < AUTO_CLASSES_FROM
+    assert small.model.head.kind == "full" and small.config.output == "full"
+    many = tmp_path / "many.txt"
+    alphabet = [chr(0x4E00 + i) for i in range(AUTO_CLASSES_FROM)]
+    many.write_text("".join(np.random.default_rng(0).choice(alphabet, 5000)), encoding="utf-8")
+    big = prepare(small_config(steps=1), [str(many)], None)
+    assert big.model.head.kind == "classes" and big.config.output == "classes"
+    assert big.config.num_classes == round(np.sqrt(big.tokenizer.vocab_size))
+    forced = prepare(small_config(steps=1, output="full"), [str(many)], None)
+    assert forced.model.head.kind == "full"
+
+
+def test_classes_come_from_the_training_split_counts(corpus):
+    from charrnn.output import frequency_classes
+    from charrnn.train import token_counts
+
+    config = small_config(steps=1, output="classes", num_classes=6, unknown_rate=0.1)
+    trainer = prepare(config, [corpus], None)
+    counts = np.bincount(trainer.train_ids, minlength=trainer.tokenizer.vocab_size).astype(float)
+    assert counts[0] == 0  # min-count 1: no unknown token in the text itself ...
+    expected = token_counts(config, trainer.train_ids, trainer.tokenizer.vocab_size)
+    assert expected[0] == pytest.approx(0.1 * len(trainer.train_ids))  # ... but the noise makes some
+    np.testing.assert_array_equal(trainer.model.head.class_of, frequency_classes(expected, 6))
+    assert frequency_classes(counts, 6)[0] == 5  # by its count in the text: among the rarest
+    assert trainer.model.head.class_of[0] < 2  # by its count in training: among the most frequent
+
+
+def test_bad_output_settings_are_refused(corpus):
+    with pytest.raises(ValueError, match="output must be one of"):
+        prepare(small_config(output="softmax"), [corpus], None)
+    with pytest.raises(ValueError, match="num-classes must be positive"):
+        prepare(small_config(num_classes=0), [corpus], None)
