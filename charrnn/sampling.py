@@ -20,7 +20,9 @@ Policies, in one place:
 * **Unknown prompt tokens** (not in the vocabulary), chosen by ``unknown``: ``"replace"`` (the
   default) reads them as the unknown id 0, ``"skip"`` drops them, ``"error"`` raises ValueError
   naming them. The library never prints; ``unknown_prompt_tokens`` lets a front end warn.
-* **The unknown token is never produced**: sampling masks id 0 out and renormalizes; prediction
+* **The unknown token is never produced**: sampling masks id 0 out and renormalizes (a model
+  with the class-factored head samples at temperature 1 in two stages, class then token, at
+  H (C + class size) a step instead of H K, from exactly the same distribution); prediction
   leaves it out of the candidates (the probabilities it reports are the model's own, not
   renormalized, so they are honest: they sum to at most 1).
 * **Stop string.** With ``stop``, a sample ends as soon as its generated text (not counting the
@@ -81,6 +83,19 @@ def read_prompt(model, tokenizer, ids: np.ndarray, s=None):
     one goes through ``model.step``, which gives the probabilities of what follows. An empty
     prompt reads ``start_token`` from the zero state.
     """
+    last, s = _read_all_but_last(model, tokenizer, ids, s)
+    return model.step(last, s)
+
+
+def read_prompt_state(model, tokenizer, ids: np.ndarray, s=None):
+    """As ``read_prompt``, but stops before the output layer: returns ([s_t, 1] (1, H+1), state
+    (1, S)), from which the head gives the next token's distribution."""
+    last, s = _read_all_but_last(model, tokenizer, ids, s)
+    return model.step_state(last, s)
+
+
+def _read_all_but_last(model, tokenizer, ids, s):
+    """The prompt's last id (1,) and the state (1, S) after reading all the ones before it."""
     if tokenizer.vocab_size < 2:
         raise ValueError("the vocabulary holds no token besides the unknown one")
     ids = np.asarray(ids, dtype=np.int64)
@@ -91,7 +106,7 @@ def read_prompt(model, tokenizer, ids: np.ndarray, s=None):
     for a in range(0, len(ids) - 1, PROMPT_CHUNK):
         chunk = ids[a : min(a + PROMPT_CHUNK, len(ids) - 1)]
         _, _, s = model.forward(chunk[None, :], s)  # (1, T) -> only the last state is kept
-    return model.step(ids[-1:], s)
+    return ids[-1:], s
 
 
 # -- turning probabilities into choices -----------------------------------------------------------
@@ -159,6 +174,61 @@ def draw(q: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return ids
 
 
+def inverse_cdf(p: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows p (B, n) of nonnegative masses and u (B,) in [0, 1): the index i of each row
+    whose cumulative interval [lower, lower + p_i) holds u times the row's total, and where u
+    falls inside it, (u * total - lower) / p_i in [0, 1) -- itself a uniform number given i."""
+    cdf = np.cumsum(p, axis=1)
+    at = u * cdf[:, -1]
+    i = (cdf <= at[:, None]).sum(axis=1)  # the first index whose cumulative mass exceeds at
+    rows = np.arange(len(p))
+    # Rounding can push at past the last nonzero mass: fall back to the most probable index.
+    bad = (i >= p.shape[1]) | (p[rows, np.minimum(i, p.shape[1] - 1)] == 0)
+    i[bad] = p[bad].argmax(axis=1)
+    lower = cdf[rows, i] - p[rows, i]
+    inside = np.clip((at - lower) / p[rows, i], 0.0, np.nextafter(1.0, 0.0))
+    return i, inside
+
+
+def draw_by_class(model, s1: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One id per row of s1 (B, H+1) from a model with the class head, at temperature 1, never
+    the unknown id 0; returns (B,) ints. Costs H (C + |class drawn| + |class of id 0|) per row
+    instead of H K.
+
+    With P = softmax(q) over classes and p_k = softmax(o within k), the distribution sampled is
+    p(y) = P[k(y)] p_k(y) / (1 - p(0)), exactly what ``sampling_distribution`` gives at
+    temperature 1: the unknown id's mass P[k0] p_k0(0) is taken out of its class k0 (P'[k0] =
+    P[k0] (1 - p_k0(0))), the class is drawn from P' by inverse CDF, and the token within it by
+    inverse CDF with id 0 masked. Both draws use one uniform number per row: where it fell
+    inside the class's interval is uniform again, so the id drawn is the one a single inverse
+    CDF over the tokens in class order would give.
+    """
+    head, flat = model.head, model.head_part(model.theta)
+    k0 = int(head.class_of[0])
+    j0 = int(head.where[0] - head.start[k0])  # the unknown id's column within its class
+    P = head.class_probs(flat, s1)  # (B, C)
+    p_k0 = head.member_probs(flat, s1, k0)  # (B, |k0|)
+    p_k0[:, j0] = 0.0
+    P[:, k0] *= p_k0.sum(axis=1)  # 1 - p_k0(0), computed from the masses that remain
+    k, u = inverse_cdf(P, rng.random(len(s1)))
+    x = np.empty(len(s1), dtype=np.int64)
+    for cls in np.unique(k):
+        rows = np.flatnonzero(k == cls)
+        p = p_k0[rows] if cls == k0 else head.member_probs(flat, s1[rows], int(cls))
+        j, _ = inverse_cdf(p, u[rows])
+        x[rows] = head.order[head.start[cls] + j]
+    return x
+
+
+def draws_by_class(model, temperature: float, top_k: int | None, top_p: float | None) -> bool:
+    """Whether sampling takes the two-stage draw of ``draw_by_class``: a class head, and options
+    that leave the distribution as it is (temperature 1, no top-k or top-p cut)."""
+    head = getattr(model, "head", None)
+    if head is None or head.kind != "classes":
+        return False
+    return temperature == 1.0 and (top_k is None or top_k >= head.vocab_size) and (top_p is None or top_p >= 1.0)
+
+
 # -- sampling -------------------------------------------------------------------------------------
 
 
@@ -203,13 +273,21 @@ def _sample_steps(model, tokenizer, ids, length, B, temperature, top_k, top_p, r
     """The generator behind ``generate_many`` (split off so that option errors raise at call time)."""
     if length == 0:
         return
-    probs, s = read_prompt(model, tokenizer, ids)  # (1, K), (1, S)
-    probs, s = np.repeat(probs, B, axis=0), np.repeat(s, B, axis=0)  # (B, K), (B, S)
+    by_class = draws_by_class(model, temperature, top_k, top_p)
+    if by_class:  # two stages (class, then token): never the distribution over all K tokens
+        s1, s = read_prompt_state(model, tokenizer, ids)  # (1, H+1), (1, S)
+        s1, s = np.repeat(s1, B, axis=0), np.repeat(s, B, axis=0)  # (B, H+1), (B, S)
+    else:
+        probs, s = read_prompt(model, tokenizer, ids)  # (1, K), (1, S)
+        probs, s = np.repeat(probs, B, axis=0), np.repeat(s, B, axis=0)  # (B, K), (B, S)
     tokens = tokenizer.tokens
     done = np.zeros(B, dtype=bool)
     tails = [""] * B  # the last len(stop) - 1 characters generated, to find a stop string across tokens
     for n in range(length):
-        x = draw(sampling_distribution(probs, temperature, top_k, top_p), rng)  # (B,)
+        if by_class:
+            x = draw_by_class(model, s1, rng)  # (B,)
+        else:
+            x = draw(sampling_distribution(probs, temperature, top_k, top_p), rng)  # (B,)
         pieces = []
         for i in range(B):
             piece = "" if done[i] else tokens[x[i]]
@@ -225,7 +303,10 @@ def _sample_steps(model, tokenizer, ids, length, B, temperature, top_k, top_p, r
         yield pieces
         if done.all() or n == length - 1:
             return
-        probs, s = model.step(x, s)
+        if by_class:
+            s1, s = model.step_state(x, s)
+        else:
+            probs, s = model.step(x, s)
 
 
 def generate(model, tokenizer, prompt: str, length: int, **options) -> Iterator[str]:

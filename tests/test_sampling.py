@@ -315,3 +315,83 @@ def test_beam_search_next_word_chinese(chinese):
         beam_search(m, tok, "我", chars=0)
     with pytest.raises(ValueError):
         beam_search(m, tok, "我", chars=2, beam_width=2, top=5)
+
+
+# -- the class-factored head: two-stage draws and exact candidates ---------------------------------
+
+
+@pytest.fixture(params=["unknown in a class of three", "unknown alone in its class"])
+def classed(request):
+    """A random RNN with the class head over 12 tokens in 4 classes, and its vocabulary."""
+    tok = Tokenizer.fit("abcdefghij我")  # K = 12, id 0 the unknown
+    if request.param == "unknown alone in its class":
+        class_of = [3, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1]
+    else:
+        class_of = [1, 0, 2, 1, 3, 3, 0, 1, 2, 0, 2, 3]
+    m = RNN(tok.vocab_size, 6, seed=5, dtype=np.float64, output={"output": "classes", "class_of": class_of})
+    m.theta[...] = np.random.default_rng(2).normal(0, 0.8, m.theta.shape)  # sharp, uneven distributions
+    return m, tok
+
+
+def test_the_two_stage_draw_is_one_inverse_cdf_over_the_tokens_in_class_order(classed):
+    """Class then token, with one uniform number: the very id that one inverse CDF gives over the
+    masked full distribution laid out class by class."""
+    m, tok = classed
+    rng = np.random.default_rng(0)
+    s1, _ = m.step_state(rng.integers(0, tok.vocab_size, 500), rng.uniform(-1, 1, (500, m.state_size)))
+    x = sampling.draw_by_class(m, s1, np.random.default_rng(7))
+    q = sampling_distribution(m.head.step_probs(m.head_part(m.theta), s1))  # (500, K), id 0 masked
+    order = m.head.order
+    j, _ = sampling.inverse_cdf(q[:, order], np.random.default_rng(7).random(500))
+    np.testing.assert_array_equal(x, order[j])
+    assert (x != 0).all()
+
+
+def test_the_two_stage_draw_follows_the_full_distribution(classed):
+    m, tok = classed
+    s1, _ = m.step_state(np.array([3]), np.random.default_rng(1).uniform(-1, 1, (1, m.state_size)))
+    n = 200_000
+    x = sampling.draw_by_class(m, np.repeat(s1, n, axis=0), np.random.default_rng(3))
+    q = sampling_distribution(m.step(np.array([3]), np.random.default_rng(1).uniform(-1, 1, (1, m.state_size)))[0])[0]
+    assert q[0] == 0 and (x != 0).all()
+    seen = np.bincount(x, minlength=tok.vocab_size)[1:]
+    expected = n * q[1:]
+    chi2 = ((seen - expected) ** 2 / expected).sum()
+    assert chi2 < 40  # 10 degrees of freedom: p < 1e-5 of failing by chance
+
+
+def test_sampling_takes_the_two_stage_draw_only_at_temperature_1(classed):
+    m, tok = classed
+    assert sampling.draws_by_class(m, 1.0, None, None)
+    assert sampling.draws_by_class(m, 1.0, tok.vocab_size, 1.0)  # cuts that keep everything
+    for options in [(0.0, None, None), (0.7, None, None), (1.0, 3, None), (1.0, None, 0.9)]:
+        assert not sampling.draws_by_class(m, *options)
+    assert not sampling.draws_by_class(RNN(tok.vocab_size, 6, seed=0), 1.0, None, None)  # full head
+    # generate at temperature 1 is the sequence of two-stage draws, step by step
+    got = list(generate_many(m, tok, "ab", 30, 3, rng=11))
+    s1, s = sampling.read_prompt_state(m, tok, tok.encode("ab"))
+    s1, s = np.repeat(s1, 3, axis=0), np.repeat(s, 3, axis=0)
+    rng, want = np.random.default_rng(11), []
+    for _ in range(30):
+        x = sampling.draw_by_class(m, s1, rng)
+        want.append([tok.tokens[i] for i in x])
+        s1, s = m.step_state(x, s)
+    assert got == want
+    # and the other settings still work on the full distribution, never producing the unknown
+    for options in [dict(temperature=0.7), dict(top_k=3), dict(top_p=0.8), dict(greedy=True)]:
+        text = sample(m, tok, "ab", 40, rng=0, **options)
+        assert len(text) == 40 and "\0" not in text
+
+
+def test_next_candidates_with_the_class_head_are_the_true_top_tokens(classed):
+    """The product of the two factors, ranked over all K tokens: checked against log_probs."""
+    m, tok = classed
+    ids = tok.encode("abc我d")
+    logp, _ = m.log_probs(ids[None, :])  # (1, T, K)
+    p = np.exp(logp[0, -1])
+    assert p.sum() == pytest.approx(1.0, abs=1e-12)
+    p[0] = -1.0
+    truth = np.argsort(-p, kind="stable")[:5]
+    cands = next_candidates(m, tok, "abc我d", top=5)
+    assert [tok.id_of(t) for t, _ in cands] == list(truth)
+    np.testing.assert_allclose([q for _, q in cands], p[truth], rtol=1e-10)
