@@ -345,6 +345,10 @@ def test_the_two_stage_draw_is_one_inverse_cdf_over_the_tokens_in_class_order(cl
     j, _ = sampling.inverse_cdf(q[:, order], np.random.default_rng(7).random(500))
     np.testing.assert_array_equal(x, order[j])
     assert (x != 0).all()
+    # one stream at a time (the scalar path sampling one stream takes) draws the same ids
+    rng = np.random.default_rng(7)
+    one_by_one = [sampling.draw_by_class(m, s1[i : i + 1], rng)[0] for i in range(len(s1))]
+    np.testing.assert_array_equal(one_by_one, x)
 
 
 def test_the_two_stage_draw_follows_the_full_distribution(classed):
