@@ -102,6 +102,26 @@ def count_params(config: dict) -> int:
     return (0 if E is None else K * E) + first_rows * GH + (L - 1) * H * GH + L * per_layer + H * K + K
 
 
+def _direct_size(config: dict, path: Path) -> int:
+    """Entries in the direct connections' tables that ``config`` describes (0: none)."""
+    direct = config.get("direct")
+    if not direct:
+        return 0
+    try:
+        K = int(config["vocab_size"])
+        if config.get("output", "full") == "classes":
+            class_of = np.asarray(config["class_of"], dtype=np.int64)
+            widths = [int(class_of.max()) + 1, *np.bincount(class_of).tolist()]
+        else:
+            widths = [K]
+        rows = [int(r) for r in direct["rows"]]
+        if len(rows) != len(widths) or min(rows) < 0 or int(direct["order"]) < 1:
+            raise ValueError("rows do not match the output layer")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad direct connections in metadata ({e})") from None
+    return sum(w * r for w, r in zip(widths, rows))
+
+
 def build_model(config: dict, dtype) -> Model:
     """The model a config describes (any cell), with zero weights about to be loaded."""
     from charrnn.cells import build_model as build_any_model
@@ -129,6 +149,10 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
     )
     meta_bytes = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
     members = {"meta.json": np.frombuffer(meta_bytes, dtype=np.uint8), "theta": ckpt.model.theta}
+    if ckpt.model.direct is not None:
+        if not np.isfinite(ckpt.model.direct.table).all():
+            raise NonFiniteWeightsError(f"the direct connections hold NaN or infinity; {path.name} was not written")
+        members["direct.table"] = ckpt.model.direct.table
     members.update(ckpt.arrays)
     with atomic_file(path, "wb") as f:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
@@ -294,6 +318,13 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
     if num_params * dtype.itemsize > zf.getinfo("theta.npy").file_size:
         raise CheckpointError(f"{path}: weights are truncated or do not match the model")
     theta = _read_member(zf, "theta", dtype, (num_params,))
+    direct_size = _direct_size(config, path)
+    if direct_size:  # checked against the file before the model allocates its tables
+        if "direct.table.npy" not in zf.namelist():
+            raise CheckpointError(f"{path}: checkpoint lacks the direct connections' tables")
+        if direct_size * dtype.itemsize > zf.getinfo("direct.table.npy").file_size:
+            raise CheckpointError(f"{path}: direct connections are truncated or do not match the model")
+        table = _read_member(zf, "direct.table", dtype, (direct_size,))
     try:
         model = build_model(config, dtype)
     except (KeyError, TypeError, ValueError) as e:
@@ -301,6 +332,10 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
     if model.num_params != num_params:  # pragma: no cover - count_params mirrors the cells
         raise CheckpointError(f"{path}: the model holds {model.num_params} parameters, not {num_params}")
     model.theta[...] = theta
+    if direct_size:
+        model.direct.table[...] = table
+        if not np.isfinite(table).all():
+            raise CheckpointError(f"{path}: direct connections hold NaN or infinity")
     arrays = {}
     for name, spec in (meta.get("arrays") or {}).items():
         try:

@@ -122,7 +122,8 @@ def _training_memory(config) -> int:
     params = count_params(config.model_config(2)) * itemsize * (3 + (config.optimizer == "adam"))
     init = (G + 1) * H * H * 8
     activations = config.batch_size * config.seq_len * (G + 1) * H * config.num_layers * itemsize
-    return params + init + activations
+    direct = 2 * int(config.direct_size * (1 << 20)) if config.direct_order else 0  # table and Adagrad sums
+    return params + init + activations + direct
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -223,6 +224,9 @@ TRAIN_FIELDS = {
     "embedding_size": "embedding_size",
     "dropout": "dropout",
     "dtype": "dtype",
+    "direct_order": "direct_order",
+    "direct_size": "direct_size",
+    "direct_lr": "direct_lr",
     "level": "level",
     "min_count": "min_count",
     "max_vocab": "max_vocab",
@@ -258,6 +262,9 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 @click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
 @click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
+@click.option("--direct-order", type=click.IntRange(min=0), help="Hashed n-gram direct connections to the output of orders 1..N; 0 = off.  [default: 0]")
+@click.option("--direct-size", type=POSITIVE_FLOAT, help="Megabytes of hashed n-gram table (twice that in memory while training).  [default: 64]")
+@click.option("--direct-lr", type=POSITIVE_FLOAT, help="Adagrad step of the n-gram tables.  [default: 0.1]")
 @click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
 @click.option("--min-count", type=POSITIVE_INT, help="Rarer tokens become unknown.  [default: 1]")
 @click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")

@@ -120,12 +120,15 @@ class Direct:
             sink.append((j, self.row_index(j, g), np.array(do, dtype=self.table.dtype)))
 
     def sparse_grad(self, pending: list | None = None) -> dict:
-        """The recorded gradients summed by row: {j: (rows (U,) sorted, dD (U, width_j))}."""
+        """The recorded gradients summed by row: {j: (rows (U,) sorted, dD (U, width_j))}.
+
+        ``pending`` (default: ``self.pending``) lists (j, rows (n, k), do (n, width_j)): each of
+        the k rows of line i receives do[i]."""
         pending = self.pending if pending is None else pending
         grads = {}
         for j in sorted({p[0] for p in pending}):
             r = np.concatenate([p[1].reshape(-1) for p in pending if p[0] == j])  # (n*N,)
-            d = np.concatenate([np.repeat(p[2], self.order, axis=0) for p in pending if p[0] == j])
+            d = np.concatenate([np.repeat(p[2], p[1].shape[1], axis=0) for p in pending if p[0] == j])
             rows, inverse = np.unique(r, return_inverse=True)
             by_row = np.argsort(inverse, kind="stable")
             starts = np.searchsorted(inverse[by_row], np.arange(len(rows)))
