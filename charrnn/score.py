@@ -57,13 +57,13 @@ class LineScore:
 
 
 def _target_log_probs(model, inputs: np.ndarray, targets: np.ndarray, s0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ln p(target) at every position: inputs, targets (B, T) ints, s0 (B, S) -> (B, T), s_T (B, S).
+    """ln p(target) at every position: inputs, targets (B, T) ints, s0 (B, S) -> (B, T) float64, s_T (B, S).
 
-    The one place that asks the model for probabilities, so that a cheaper head (one that gives
-    only the targets' log-probabilities) can take over here alone.
+    The one place that asks the model for probabilities: the head's own target log-probabilities
+    (``Model.target_log_probs``), which never write the whole (B, T, K) log-softmax and, with the
+    class-factored head, never compute the logits of the other classes.
     """
-    logp, s_last = model.log_probs(inputs, s0)  # (B, T, K)
-    return np.take_along_axis(logp, targets[:, :, None], axis=2)[:, :, 0], s_last
+    return model.target_log_probs(inputs, targets, s0)
 
 
 def _encode_lines(tokenizer, lines: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
