@@ -80,6 +80,17 @@ def test_other_cells_and_word_level(cell):
     assert_same(list(score_lines(m, tok, lines, block_lines=3)), slow_line_scores(m, tok, lines))
 
 
+def test_the_class_factored_head():
+    from charrnn.output import frequency_classes
+
+    tok = Tokenizer.fit(VOCAB)
+    counts = np.bincount(tok.encode(VOCAB), minlength=tok.vocab_size)
+    m = RNN(tok.vocab_size, 10, dtype=np.float64, output={"output": "classes", "class_of": frequency_classes(counts, 5)})
+    m.theta[...] = np.random.default_rng(3).normal(0, 0.4, m.theta.shape)
+    lines = split_lines(TEXT)
+    assert_same(LineScorer(m, tok, max_streams=4).score(lines), slow_line_scores(m, tok, lines))
+
+
 @pytest.mark.parametrize("block_lines", [1, 4, 1000])
 @pytest.mark.parametrize("level", ["char", "word"])
 def test_context_lines_add_up_to_evaluate_with_the_start_token_in_front(block_lines, level):
