@@ -1,4 +1,4 @@
-"""The ``charrnn`` command line: train, sample, evaluate, predict, info.
+"""The ``charrnn`` command line: train, sample, evaluate, score, predict, info.
 
 A thin layer over the library. It is the only module that uses click, tqdm, standard input and
 standard output. Results go to stdout; progress, warnings and errors go to stderr. Exit codes:
@@ -207,6 +207,7 @@ def cli():
       charrnn train book.txt --max-time 600      # train (Ctrl-C saves and stops)
       charrnn sample --seed "我喜欢" -n 200       # continue a prompt
       charrnn evaluate test.txt                  # bits per character on new text
+      charrnn score lines.txt | sort -n          # the bits of each line, to rank them
       echo "我喜欢" | charrnn predict --chars 2   # the likely next characters
       charrnn info                               # what the model is and how it trained
 
@@ -647,6 +648,124 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
     ]
     for name, value in rows:
         click.echo(f"{name:<11} {value}")
+
+
+# -- score ----------------------------------------------------------------------------------------
+
+READ_BYTES = 1 << 20  # at most this much input per block of lines; less when a pipe has less ready
+NEWLINE = b"\n"
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=str)
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: text, bits, bits_per_char, tokens, unknown_tokens.")
+@click.option("--context", is_flag=True, help="Carry the state from line to line (and file to file) instead of scoring each line on its own.")
+@click.option(
+    "--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True,
+    help="What to do with bytes that are not UTF-8.",
+)
+def score(files, model_path, as_json, context, encoding_errors):
+    """Score each line of FILES (- or none: standard input): bits, bits per character, the line.
+
+    Prints "bits<TAB>bits_per_char<TAB>line" per line (sort -n ranks them), as lines are read.
+    Each line is scored on its own, from the state the sampler starts an empty prompt with; its
+    characters and its newline are each predicted from what precedes them. With --context, every
+    line is predicted from all the lines before it, and the bits add up to what evaluate finds
+    for the text with a newline in front (--num-streams 1).
+    """
+    from charrnn.score import MAX_STREAMS, LineScorer
+    from charrnn.threads import default_workers, set_workers
+
+    names = list(files) or ["-"]
+    if names.count("-") > 1:
+        raise click.UsageError("standard input (-) can be read only once")
+    for name in names:
+        if name != "-" and not Path(name).exists():
+            raise click.ClickException(f"file not found: {name}")
+        if name != "-" and Path(name).is_dir():
+            raise click.ClickException(f"{name} is a directory, not a file")
+    ckpt = _open(model_path)
+    tok = ckpt.tokenizer
+    scorer = LineScorer(ckpt.model, tok, context=context)
+    set_workers(default_workers(getattr(ckpt.model, "hidden_size", 1), MAX_STREAMS))
+    if "-" in names and _stdin_bytes().isatty():
+        click.echo("charrnn: reading lines to score from the terminal; Ctrl-D ends", err=True)
+    failure: list[str] = []
+    tokens = unknown = 0
+    for block in _line_blocks(names, encoding_errors, failure):
+        out = []
+        for r in scorer.score(block):
+            text = r.line.removesuffix("\n").removesuffix("\r")
+            tokens += r.tokens
+            unknown += r.unknown_tokens
+            if as_json:
+                out.append(json.dumps(
+                    {"text": text, "bits": r.bits, "bits_per_char": r.bits_per_char, "tokens": r.tokens, "unknown_tokens": r.unknown_tokens},
+                    ensure_ascii=False,
+                ))
+            else:
+                out.append(f"{r.bits:.4f}\t{r.bits_per_char:.4f}\t{text}")
+        click.echo("\n".join(out))  # one write per block
+    if unknown:
+        _warn(f"{unknown:,} scored {tok.level}s ({100 * unknown / tokens:.1f}%) are not in the vocabulary; they count as the unknown token")
+    if failure:
+        raise click.ClickException(failure[0])
+
+
+def _line_blocks(names: list[str], encoding_errors: str, failure: list[str]):
+    """Lists of decoded lines (each with its "\n"; a file's last line may lack it), a block per
+    read: whatever is ready, up to READ_BYTES, so that lines arriving slowly are scored at once.
+
+    At a byte that is not UTF-8 (with "strict") or a NUL byte, the lines before its line are
+    yielded, the reason is appended to ``failure`` and reading stops.
+    """
+    for name in names:
+        where = "standard input" if name == "-" else name
+        f = _stdin_bytes() if name == "-" else open(name, "rb")
+        try:
+            read = getattr(f, "read1", f.read)
+            carry, offset, line_number = b"", 0, 1  # carry: a line begun; offset, line_number: where it starts
+            while True:
+                raw = read(READ_BYTES)
+                data = carry + raw
+                cut = data.rfind(b"\n") + 1 if raw else len(data)  # at the end, the last line as it is
+                complete, carry = data[:cut], data[cut:]
+                if complete:
+                    lines, bad = _decode_lines(complete, encoding_errors)
+                    if lines:
+                        yield lines
+                    if bad is not None:
+                        at, kind = bad
+                        line = f"line {line_number + complete.count(NEWLINE, 0, at)}"
+                        failure.append(
+                            f"{where} looks like a binary file (NUL byte on {line}, byte offset {offset + at}), not text"
+                            if kind == "nul" else
+                            f"{where} is not valid UTF-8 ({line}, byte offset {offset + at}); use --encoding-errors replace to go on anyway"
+                        )
+                        return
+                    offset += cut
+                    line_number += complete.count(b"\n")
+                if not raw:
+                    break
+        finally:
+            if name != "-":
+                f.close()
+
+
+def _decode_lines(data: bytes, encoding_errors: str) -> tuple[list[str], tuple[int, str] | None]:
+    """Complete lines of bytes -> (the lines before the first bad one, None or (its byte, "nul" or "utf-8"))."""
+    from charrnn.score import split_lines
+
+    nul = data.find(b"\0")
+    bad = None if nul < 0 else (nul, "nul")
+    good = data if nul < 0 else data[: data.rfind(b"\n", 0, nul) + 1]
+    try:
+        text = good.decode("utf-8", encoding_errors)
+    except UnicodeDecodeError as e:
+        bad = (e.start, "utf-8")
+        text = good[: good.rfind(b"\n", 0, e.start) + 1].decode("utf-8")
+    return split_lines(text), bad
 
 
 # -- predict --------------------------------------------------------------------------------------
