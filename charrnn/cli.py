@@ -331,6 +331,9 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
     world = mpi.connect(distributed)  # None in a normal run, which never imports mpi4py
     if world is not None:
         return _train_distributed(world, store, names, values, resume, fine_tune, overwrite, threads, encoding_errors, quiet)
+    from charrnn.data import FITTED
+
+    fit = [name for name in FITTED if name not in values]  # what the user left to us, fitted to a short text
     if resume or fine_tune:  # the saved run's settings, then what this command line changes
         values = {**_saved_settings(store), **values}
     config = TrainConfig(**values)
@@ -350,7 +353,10 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
             fine_tune=fine_tune,
             encoding_errors=encoding_errors,
             stdin=_stdin_bytes() if "-" in names else None,
+            fit=fit,
         )
+        for note in trainer.notes:
+            _warn_info(note)
         set_threads(threads or default_threads(trainer.config.hidden_size, trainer.config.batch_size))
         set_workers(workers or default_workers(trainer.config.hidden_size, trainer.config.batch_size))
         _run_training(trainer, quiet)
