@@ -62,8 +62,7 @@ def test_every_command_runs_without_fcntl_and_proc(tmp_path):
     assert '"bits_per_char"' in evaluate.stdout
     predict = ok(run("predict", "-m", "m", "--top", "3", input="我喜\nThe quick\n"))
     assert predict.stdout.count("\n  ") == 6  # three candidates for each of the two lines
-    code = "import fcntl" if sys.platform != "win32" else "pass"
-    assert simulated(code, cwd=tmp_path, log=log).returncode != 0  # the simulation really blocks it
+    assert simulated("import fcntl", cwd=tmp_path, log=log).returncode != 0  # the simulation really blocks it
     assert charrnn_accesses(log) == []
 
 
