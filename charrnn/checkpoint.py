@@ -19,17 +19,17 @@ holding NaN or infinity are never written.
 
 The store is a directory holding ``ckpt-<step>.npz`` files and ``store.json``, which names the
 latest and the best (lowest validation bits per character) checkpoints. ``train.lock`` guards it
-against two training runs at once.
+against two training runs at once: an operating-system lock taken through ``filelock`` (``flock``
+on Linux and macOS, ``msvcrt.locking`` on Windows), which the system drops when its process dies.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -360,7 +360,7 @@ class ModelStore:
     def __init__(self, directory: Path, keep: int = 3):
         self.directory = Path(directory)
         self.keep = max(1, int(keep))
-        self._lock_fd: int | None = None
+        self._lock = None  # a filelock.FileLock while we hold the store
 
     # pointers
     def index(self) -> dict:
@@ -461,27 +461,22 @@ class ModelStore:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"cannot create the model directory {self.directory}: {e.strerror or e}") from None
+        filelock = _filelock()
+        lock = filelock.FileLock(self.directory / LOCK_FILE, timeout=0)
         try:
-            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            lock.acquire()
+        except filelock.Timeout:
+            raise StoreLockedError(
+                f"another training run is using {self.directory} (lock file {LOCK_FILE}); "
+                "wait for it or choose another --model"
+            ) from None
         except OSError as e:
             raise CheckpointError(f"cannot write to the model directory {self.directory}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreLockedError(
-                    f"another training run is using {self.directory} (lock file {LOCK_FILE}); "
-                    "wait for it or choose another --model"
-                ) from None
-            raise
-        self._lock_fd = fd
+        self._lock = lock
         try:
             probe = self.directory / f".write-test.{os.getpid()}.tmp"
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             probe.unlink()
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as e:
             self.unlock()
             raise CheckpointError(f"cannot write to the model directory {self.directory}: {e.strerror or e}") from None
@@ -498,22 +493,30 @@ class ModelStore:
                     p.unlink(missing_ok=True)
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
+
+
+def _filelock():
+    """The filelock module, imported when a store is locked (it costs ~20 ms, which reading a
+    model need not pay). Where there is no fcntl (and not Windows), filelock warns that it falls
+    back to a lock file of its own; it breaks those of dead processes, so there is nothing for the
+    user to do about it and the warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import filelock
+    return filelock
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+    """Whether process ``pid`` runs (``os.kill(pid, 0)`` would terminate it on Windows)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or not a pid at all): leave its file alone
-    return True
+        return pid == os.getpid() or psutil.pid_exists(pid)
+    except (OSError, OverflowError, ValueError):
+        return True  # cannot tell (or not a pid at all): leave its file alone
 
 
 def open_model(path: Path, prefer: str = "best") -> Checkpoint:

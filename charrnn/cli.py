@@ -84,13 +84,19 @@ def _check_memory(need: int, what: str, hint: str) -> None:
 
 
 def _available_memory() -> int | None:
-    """Bytes this process may still allocate: the system's available memory, within the cgroup
-    and address-space limits; None where the system does not say."""
+    """Bytes this process may still allocate: the system's available memory (``psutil``), within
+    the cgroup and address-space limits; None where the system does not say.
+
+    The cgroup v2 limit is read by hand because psutil does not read it (its Linux code reads
+    ``/proc/meminfo`` only): in a container started with ``--memory``, psutil reports the host's
+    memory, and only ``memory.max`` says what the container may use.
+    """
     limits = []
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
+        import psutil
+
+        limits.append(int(psutil.virtual_memory().available))
+    except (ImportError, OSError, RuntimeError, AttributeError, ValueError):  # psutil cannot tell here
         pass
     try:
         cgroup = Path("/sys/fs/cgroup")
@@ -100,7 +106,7 @@ def _available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     try:
-        import resource
+        import resource  # Unix only
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
@@ -333,6 +339,9 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
     world = mpi.connect(distributed)  # None in a normal run, which never imports mpi4py
     if world is not None:
         return _train_distributed(world, store, names, values, resume, fine_tune, overwrite, threads, encoding_errors, quiet)
+    from charrnn.data import FITTED
+
+    fit = [name for name in FITTED if name not in values]  # what the user left to us, fitted to a short text
     if resume or fine_tune:  # the saved run's settings, then what this command line changes
         values = {**_saved_settings(store), **values}
     config = TrainConfig(**values)
@@ -352,7 +361,10 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
             fine_tune=fine_tune,
             encoding_errors=encoding_errors,
             stdin=_stdin_bytes() if "-" in names else None,
+            fit=fit,
         )
+        for note in trainer.notes:
+            _warn_info(note)
         set_threads(threads or default_threads(trainer.config.hidden_size, trainer.config.batch_size))
         set_workers(workers or default_workers(trainer.config.hidden_size, trainer.config.batch_size))
         _run_training(trainer, quiet)
@@ -458,7 +470,9 @@ def _run_training(trainer, quiet: bool) -> None:
         except (AttributeError, CheckpointError):
             return "; nothing was saved"
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGTERM where the platform has it (Windows defines it but never delivers it from outside)
+    stop_signals = [sig for sig in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals}
     _describe_run(trainer, quiet)  # after the handlers: from here on, Ctrl-C saves
     last = saved = None
     try:

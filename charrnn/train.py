@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -216,6 +216,7 @@ class Trainer:
     gather_checkpoint: Callable[[Checkpoint], Checkpoint | None] | None = None
     score_validation: Callable[[Model, np.ndarray, int, int], float] | None = None
     restored_meta: dict | None = field(default=None, repr=False)  # of the checkpoint restored
+    notes: list[str] = field(default_factory=list)  # one-line notices for the user (``prepare``'s)
     dropout_rng: np.random.Generator | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -471,16 +472,21 @@ def prepare(
     fine_tune: bool = False,
     encoding_errors: str = "strict",
     stdin=None,
+    fit: Collection[str] | None = None,
 ) -> Trainer:
     """Everything before the first step: read the corpus, build or restore the run.
 
     A new run builds the vocabulary from the corpus. ``resume`` continues the store's latest
     checkpoint exactly, and refuses a different corpus (by its SHA-256) unless ``fine_tune``,
     which keeps the model and its vocabulary and starts reading the new corpus from the top.
-    Raises ValueError (CorpusError, CheckpointError) with a one-line reason.
+    ``fit`` names the settings (of ``charrnn.data.FITTED``: batch_size, seq_len, val_fraction)
+    that may shrink to a text too short for them (``charrnn.data.fit_to_text``; the others, chosen
+    by the user, are named in the error if they do not fit; None: no fitting, and resuming keeps
+    the run's own); ``trainer.notes`` then says what changed. Raises ValueError (CorpusError,
+    CheckpointError) with a one-line reason.
     """
     from charrnn.corpus import encode_cached, scan
-    from charrnn.data import split_train_val
+    from charrnn.data import fit_to_text, split_train_val
 
     config.validate()
     ckpt = None
@@ -511,10 +517,18 @@ def prepare(
         tokenizer = Tokenizer.from_counts(corpus.counts, config.level, config.min_count, config.max_vocab)
     cache = store.directory / "cache" if store is not None else None
     ids = encode_cached(corpus, tokenizer, cache)
+    note = None
+    if fit is not None and not (resume and not fine_tune):
+        unit = "characters" if config.level == "char" else "words"
+        config.batch_size, config.seq_len, config.val_fraction, note = fit_to_text(
+            len(ids), config.batch_size, config.seq_len, config.val_fraction, tuple(fit), unit
+        )
     train_ids, val_ids = split_train_val(ids, config.val_fraction)
     counts = np.bincount(train_ids, minlength=tokenizer.vocab_size) if ckpt is None else None
     model = ckpt.model if ckpt is not None else make_model(config, tokenizer.vocab_size, counts)
     trainer = Trainer(config, model, tokenizer, train_ids, val_ids, store=store, corpus=corpus.describe())
+    if note:
+        trainer.notes.append(note)
     if ckpt is not None:
         trainer.restore(ckpt, data_too=not fine_tune)
         if fine_tune:  # scores on the old corpus say nothing about the new one
