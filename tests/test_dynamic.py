@@ -96,3 +96,20 @@ def test_dynamic_evaluation_with_the_class_head(setup):
     assert dynamic["dynamic_updates"] == int(np.ceil((len(ids) - 1) / 20))
     assert dynamic["bits_per_char"] < 0.8 * static["bits_per_char"]
     assert not np.array_equal(model.Q, Q)  # the class weights learned too
+
+
+def test_dynamic_evaluation_updates_the_direct_connections():
+    """A text that repeats itself: the n-gram tables learn it as it is read, and score it better."""
+    from charrnn.cells import build_model
+    from charrnn.dynamic import DynamicConfig, dynamic_evaluate
+    from charrnn.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    phrase = rng.integers(1, 20, 37)
+    ids = np.tile(phrase, 30)
+    m = build_model({"cell": "rnn", "vocab_size": 20, "hidden_size": 8, "direct": {"order": 3, "rows": [512]}}, seed=1)
+    static = evaluate(m, None, ids, num_streams=1)
+    table = m.direct.table.copy()
+    dynamic = dynamic_evaluate(m, None, ids, DynamicConfig())
+    assert np.count_nonzero(m.direct.table - table) > 0
+    assert dynamic["bits_per_char"] < static["bits_per_char"] - 1.0
