@@ -378,9 +378,9 @@ def make_head(vocab_size: int, hidden_size: int, config: dict | None = None):
 # -- choosing the head for a training run -----------------------------------------------------
 
 # ``auto`` picks the class head from this vocabulary size up. Measured with bench_output.py
-# (H=256 B=32 T=64, one thread, classes/full training tokens/s): K=128 0.90x, 192 1.11x,
-# 256 1.12x, 384 2.67x (see docs/performance.md); below, the class head's extra product and
-# per-class loop cost more than the H K it saves.
+# (H=256 B=32 T=64, one thread, classes/full training tokens/s, two runs): K=128 0.90x / 0.99x,
+# 160 1.11x, 192 1.11x / 1.07x, 256 1.12x / 1.24x, 384 2.67x (see docs/performance.md); below,
+# the class head's extra product and per-class loop cost about what the H K it saves.
 AUTO_CLASSES_FROM = 192
 
 
