@@ -46,8 +46,8 @@ def step_and_draw_by_class(model: RNN, seed: int = 0):
     def run(steps):
         s, x = state["s"], state["x"]
         for _ in range(steps):
-            s1, s = model.step_state(x, s)  # (1, H+1), (1, H)
-            x = draw_by_class(model, s1, rng)
+            s1, g, s = model.step_hidden(x, s)  # (1, H+1), n-gram hashes or None, (1, S)
+            x = draw_by_class(model, s1, rng, g)
         state["s"], state["x"] = s, x
 
     return run

@@ -275,13 +275,17 @@ class Model:
 
     def step(self, x, s=None):
         """One time step for sampling: x (B,) ints, s (B, S) or None -> probs (B, K), new s (B, S)."""
+        s1, hashes, s_new = self.step_hidden(x, s)
+        return self.head.step_probs(self.head_part(self.theta), s1, hashes), s_new
+
+    def step_hidden(self, x, s=None):
+        """One time step up to the output layer: x (B,) ints, s (B, S) or None -> ([s_t, 1]
+        (B, H+1), the n-gram hashes (B, N) of the direct connections or None, new s (B, S))."""
         x = np.asarray(x).reshape(-1)
         s = self.zero_state(len(x)) if s is None else np.asarray(s, dtype=self.dtype)
         s_cell, history = self._split_state(s)
         s1, s_new = self.step_state(x, s_cell)
-        hashes = self._hashes(history, x[None, :])
-        probs = self.head.step_probs(self.head_part(self.theta), s1, hashes)
-        return probs, self._join_state(s_new, history, x[None, :])
+        return s1, self._hashes(history, x[None, :]), self._join_state(s_new, history, x[None, :])
 
     def config(self) -> dict:
         """The constructor arguments (JSON-able), enough to rebuild this architecture."""

@@ -318,17 +318,15 @@ class ClassHead(FullHead):
     def backward_logits(self, flat, S1, do, gflat, work=None):
         raise TypeError("the class-factored head has no full logits to take a gradient from")
 
-    def class_probs(self, flat: np.ndarray, s1: np.ndarray) -> np.ndarray:
-        """softmax(q) (B, C), float64, for a few rows s1 (B, H+1): the first factor, at H C per row."""
-        q = np.matmul(s1, self._Qd(flat)).astype(np.float64)  # (B, C)
-        return softmax_(q)
+    def class_probs(self, flat: np.ndarray, s1: np.ndarray, g=None) -> np.ndarray:
+        """softmax(q) (B, C), float64, for a few rows s1 (B, H+1) (and n-gram hashes g (B, N)
+        with direct connections): the first factor, at H C per row."""
+        return softmax_(self._class_logits(flat, s1, g).astype(np.float64))  # (B, C)
 
-    def member_probs(self, flat: np.ndarray, s1: np.ndarray, k: int) -> np.ndarray:
+    def member_probs(self, flat: np.ndarray, s1: np.ndarray, k: int, g=None) -> np.ndarray:
         """softmax(o within class k) (B, size of k), float64, for rows s1 (B, H+1): the second
         factor, at H |k| per row. Column j is token ``order[start[k] + j]``."""
-        a, b = self.start[k], self.start[k + 1]
-        o = np.matmul(s1, self._Vc(flat)[:, a:b]).astype(np.float64)  # (B, |k|)
-        return softmax_(o)
+        return softmax_(self._token_logits(flat, s1, k, g).astype(np.float64))  # (B, |k|)
 
 
 def frequency_classes(counts, num_classes: int) -> np.ndarray:

@@ -88,10 +88,11 @@ def read_prompt(model, tokenizer, ids: np.ndarray, s=None):
 
 
 def read_prompt_state(model, tokenizer, ids: np.ndarray, s=None):
-    """As ``read_prompt``, but stops before the output layer: returns ([s_t, 1] (1, H+1), state
-    (1, S)), from which the head gives the next token's distribution."""
+    """As ``read_prompt``, but stops before the output layer: returns ([s_t, 1] (1, H+1), the
+    n-gram hashes (1, N) or None, state (1, S)), from which the head gives the next token's
+    distribution."""
     last, s = _read_all_but_last(model, tokenizer, ids, s)
-    return model.step_state(last, s)
+    return model.step_hidden(last, s)
 
 
 def _read_all_but_last(model, tokenizer, ids, s):
@@ -190,10 +191,10 @@ def inverse_cdf(p: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return i, inside
 
 
-def draw_by_class(model, s1: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def draw_by_class(model, s1: np.ndarray, rng: np.random.Generator, g: np.ndarray | None = None) -> np.ndarray:
     """One id per row of s1 (B, H+1) from a model with the class head, at temperature 1, never
     the unknown id 0; returns (B,) ints. Costs H (C + |class drawn| + |class of id 0|) per row
-    instead of H K.
+    instead of H K. ``g`` (B, N): the n-gram hashes of a model with direct connections.
 
     With P = softmax(q) over classes and p_k = softmax(o within k), the distribution sampled is
     p(y) = P[k(y)] p_k(y) / (1 - p(0)), exactly what ``sampling_distribution`` gives at
@@ -208,30 +209,30 @@ def draw_by_class(model, s1: np.ndarray, rng: np.random.Generator) -> np.ndarray
     k0 = int(head.class_of[0])
     j0 = int(head.where[0] - head.start[k0])  # the unknown id's column within its class
     if len(s1) == 1:
-        return np.array([_draw_one_by_class(head, flat, s1, k0, j0, rng.random())])
-    P = head.class_probs(flat, s1)  # (B, C)
-    p_k0 = head.member_probs(flat, s1, k0)  # (B, |k0|)
+        return np.array([_draw_one_by_class(head, flat, s1, k0, j0, rng.random(), g)])
+    P = head.class_probs(flat, s1, g)  # (B, C)
+    p_k0 = head.member_probs(flat, s1, k0, g)  # (B, |k0|)
     p_k0[:, j0] = 0.0
     P[:, k0] *= p_k0.sum(axis=1)  # 1 - p_k0(0), computed from the masses that remain
     k, u = inverse_cdf(P, rng.random(len(s1)))
     x = np.empty(len(s1), dtype=np.int64)
     for cls in np.unique(k):
         rows = np.flatnonzero(k == cls)
-        p = p_k0[rows] if cls == k0 else head.member_probs(flat, s1[rows], int(cls))
+        p = p_k0[rows] if cls == k0 else head.member_probs(flat, s1[rows], int(cls), None if g is None else g[rows])
         j, _ = inverse_cdf(p, u[rows])
         x[rows] = head.order[head.start[cls] + j]
     return x
 
 
-def _draw_one_by_class(head, flat, s1, k0: int, j0: int, u: float) -> int:
+def _draw_one_by_class(head, flat, s1, k0: int, j0: int, u: float, g=None) -> int:
     """``draw_by_class`` for one row (sampling one stream), with scalar bookkeeping: the same
     arithmetic, a few microseconds of NumPy calls instead of tens."""
-    P = head.class_probs(flat, s1)[0]  # (C,)
-    p_k0 = head.member_probs(flat, s1, k0)[0]  # (|k0|,)
+    P = head.class_probs(flat, s1, g)[0]  # (C,)
+    p_k0 = head.member_probs(flat, s1, k0, g)[0]  # (|k0|,)
     p_k0[j0] = 0.0
     P[k0] *= p_k0.sum()  # 1 - p_k0(0)
     k, u = _inverse_cdf_one(P, u)
-    p = p_k0 if k == k0 else head.member_probs(flat, s1, k)[0]
+    p = p_k0 if k == k0 else head.member_probs(flat, s1, k, g)[0]
     j, _ = _inverse_cdf_one(p, u)
     return int(head.order[head.start[k] + j])
 
@@ -302,8 +303,9 @@ def _sample_steps(model, tokenizer, ids, length, B, temperature, top_k, top_p, r
         return
     by_class = draws_by_class(model, temperature, top_k, top_p)
     if by_class:  # two stages (class, then token): never the distribution over all K tokens
-        s1, s = read_prompt_state(model, tokenizer, ids)  # (1, H+1), (1, S)
+        s1, g, s = read_prompt_state(model, tokenizer, ids)  # (1, H+1), (1, N) or None, (1, S)
         s1, s = np.repeat(s1, B, axis=0), np.repeat(s, B, axis=0)  # (B, H+1), (B, S)
+        g = None if g is None else np.repeat(g, B, axis=0)
     else:
         probs, s = read_prompt(model, tokenizer, ids)  # (1, K), (1, S)
         probs, s = np.repeat(probs, B, axis=0), np.repeat(s, B, axis=0)  # (B, K), (B, S)
@@ -312,7 +314,7 @@ def _sample_steps(model, tokenizer, ids, length, B, temperature, top_k, top_p, r
     tails = [""] * B  # the last len(stop) - 1 characters generated, to find a stop string across tokens
     for n in range(length):
         if by_class:
-            x = draw_by_class(model, s1, rng)  # (B,)
+            x = draw_by_class(model, s1, rng, g)  # (B,)
         else:
             x = draw(sampling_distribution(probs, temperature, top_k, top_p), rng)  # (B,)
         pieces = []
@@ -331,7 +333,7 @@ def _sample_steps(model, tokenizer, ids, length, B, temperature, top_k, top_p, r
         if done.all() or n == length - 1:
             return
         if by_class:
-            s1, s = model.step_state(x, s)
+            s1, g, s = model.step_hidden(x, s)
         else:
             probs, s = model.step(x, s)
 

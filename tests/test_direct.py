@@ -119,3 +119,28 @@ def test_config_round_trip():
     assert again.state_size == m.state_size == m.hidden_size + 2
     with pytest.raises(ValueError):
         Direct([3], [1, 2], 2)
+
+
+def test_two_stage_sampling_sees_the_direct_connections():
+    """With the class head and direct connections, the class-then-token draw is the draw from the
+    full distribution (the tables included) that one inverse CDF over it gives."""
+    from charrnn import sampling
+
+    m, *_ = make_problem("rnn", OUTPUTS[1], K=8, order=3)
+    m.direct.table[...] *= 8  # make the tables matter
+    rng = np.random.default_rng(5)
+    s = m.zero_state(400)
+    x = rng.integers(0, 8, 400)
+    for _ in range(3):  # some history in the state
+        _, s = m.step(x, s)
+        x = rng.integers(0, 8, 400)
+    probs, _ = m.step(x, s)
+    s1, g, _ = m.step_hidden(x, s)
+    assert g is not None
+    u_rng = np.random.default_rng(9)
+    got = sampling.draw_by_class(m, s1, u_rng)  # without the hashes: the tables ignored
+    got_g = sampling.draw_by_class(m, s1, np.random.default_rng(9), g)
+    q = sampling.sampling_distribution(probs)[:, m.head.order]  # in class order, as the draw walks it
+    want = m.head.order[sampling.draw(q, np.random.default_rng(9))]
+    np.testing.assert_array_equal(got_g, want)
+    assert (got != want).any()

@@ -373,13 +373,13 @@ def test_sampling_takes_the_two_stage_draw_only_at_temperature_1(classed):
     assert not sampling.draws_by_class(RNN(tok.vocab_size, 6, seed=0), 1.0, None, None)  # full head
     # generate at temperature 1 is the sequence of two-stage draws, step by step
     got = list(generate_many(m, tok, "ab", 30, 3, rng=11))
-    s1, s = sampling.read_prompt_state(m, tok, tok.encode("ab"))
+    s1, _, s = sampling.read_prompt_state(m, tok, tok.encode("ab"))
     s1, s = np.repeat(s1, 3, axis=0), np.repeat(s, 3, axis=0)
     rng, want = np.random.default_rng(11), []
     for _ in range(30):
         x = sampling.draw_by_class(m, s1, rng)
         want.append([tok.tokens[i] for i in x])
-        s1, s = m.step_state(x, s)
+        s1, _, s = m.step_hidden(x, s)
     assert got == want
     # and the other settings still work on the full distribution, never producing the unknown
     for options in [dict(temperature=0.7), dict(top_k=3), dict(top_p=0.8), dict(greedy=True)]:
