@@ -1,6 +1,6 @@
 """Prediction quality: validation bits per character within a training-time budget.
 
-Reproduces the quality table of the README on tiny-Shakespeare (train = first 90% of the
+Reproduces the quality table of docs/models.md on tiny-Shakespeare (train = first 90% of the
 characters, validation = the last 10%, as nanoGPT splits it). Only training steps count against
 the budget; validation runs outside the clock. The best validation result is reported (early
 stopping), and with --dynamic the best weights are then scored again with dynamic evaluation.

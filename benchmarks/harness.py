@@ -27,6 +27,7 @@ import numpy as np
 
 from charrnn.model import RNN
 from charrnn.optim import Adam, clip_grad_norm_
+from charrnn.output import default_num_classes, frequency_classes
 from charrnn.threads import get_threads, set_threads, set_workers
 
 CONFIGS = ((65, 256, 32, 64), (65, 512, 64, 100), (4000, 256, 32, 64))
@@ -54,8 +55,22 @@ def parse_threads(text: str) -> list[int]:
 def random_ids(K: int, shape, seed: int = 0) -> np.ndarray:
     """Token ids drawn with Zipf-like frequencies (as in text), int64 of ``shape``."""
     rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, K + 1)
+    weights = zipf_counts(K)
     return rng.choice(K, size=shape, p=weights / weights.sum())
+
+
+def zipf_counts(K: int) -> np.ndarray:
+    """The expected counts (per unit of text) of ``random_ids``: Zipf-like, 1/rank."""
+    return 1.0 / np.arange(1, K + 1)
+
+
+def output_config(K: int, output: str = "full", num_classes: int | None = None) -> dict | None:
+    """The RNN's ``output`` argument: None for the full softmax, else classes binned by the
+    frequencies of ``random_ids`` (``num_classes``, default about sqrt(K))."""
+    if output == "full":
+        return None
+    C = num_classes or default_num_classes(K)
+    return {"output": "classes", "class_of": frequency_classes(zipf_counts(K), C).tolist()}
 
 
 class TrainingStep:
@@ -65,9 +80,12 @@ class TrainingStep:
     so that runs with different settings can take turns.
     """
 
-    def __init__(self, K: int, H: int, B: int, T: int, seed: int = 0, threads: int | None = None, workers: int = 1):
+    def __init__(
+        self, K: int, H: int, B: int, T: int, seed: int = 0, threads: int | None = None, workers: int = 1,
+        output: str = "full", num_classes: int | None = None,
+    ):
         self.threads, self.workers = threads, workers
-        self.model = RNN(K, H, seed=seed, dtype=np.float32)
+        self.model = RNN(K, H, seed=seed, dtype=np.float32, output=output_config(K, output, num_classes))
         self.optimizer = Adam(self.model.num_params)
         ids = random_ids(K, (B, T + 1), seed)
         self.inputs, self.targets = ids[:, :-1], ids[:, 1:]

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from charrnn.model import RNN, Model, embedding_grad, softmax_
+from charrnn.model import RNN, Model, embedding_grad
+from charrnn.output import make_head
 
 CELLS = ("rnn", "lstm", "gru")
 
@@ -99,6 +100,7 @@ class Stacked(Model):
         dropout: float = 0.0,
         seed: int = 0,
         dtype=np.float32,
+        output: dict | None = None,
     ):
         self.vocab_size = _positive_int("vocab_size", vocab_size)  # K
         self.hidden_size = _positive_int("hidden_size", hidden_size)  # H, units per layer
@@ -116,7 +118,8 @@ class Stacked(Model):
         for l in range(1, self.num_layers + 1):
             rows = H if l > 1 else (K if E is None else E)
             shapes.update({f"U{l}": (rows, GH), f"W{l}": (H, GH), f"b{l}": (GH,)})
-        shapes.update({"V": (H, K), "c": (K,)})
+        self.head = make_head(K, H, output)  # the output layer (charrnn.output): V, c, ...
+        shapes.update(self.head.shapes)
         self.shapes = shapes
         self._allocate(dtype)
         if seed is not None:
@@ -140,6 +143,7 @@ class Stacked(Model):
             "num_layers": self.num_layers,
             "embedding_size": self.embedding_size,
             "dropout": self.dropout,
+            **self.output_config(),
         }
 
     def initialize(self, rng: np.random.Generator) -> None:
@@ -157,8 +161,7 @@ class Stacked(Model):
             blocks = [_orthogonal(rng, H) for _ in range(G)]
             self.params[f"W{l}"][...] = self.recurrent_gain * np.hstack(blocks)
             self.params[f"b{l}"][...] = self._initial_bias()
-        self.V = rng.uniform(-1.0, 1.0, self.V.shape) / np.sqrt(H)
-        self.c = 0.0
+        self.head.initialize(self.head_part(self.theta), rng)
 
     def _initial_bias(self) -> np.ndarray:
         return np.zeros(self.gates * self.hidden_size)
@@ -168,8 +171,9 @@ class Stacked(Model):
         u = rng.random(shape, dtype=self.dtype)
         return np.multiply(u >= self.dropout, self.dtype.type(1.0 / (1.0 - self.dropout)), out=u)
 
-    def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
-        """Run T steps. inputs (B, T) ints, s0 (B, S) -> p (T*B, K) time-major, cache, s_T (B, S).
+    def hidden_forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
+        """Run T steps. inputs (B, T) ints, s0 (B, S) -> S1 (T*B, H+1) time-major rows
+        [drop(h^L_t), 1] for the output layer, cache, s_T (B, S).
 
         ``rng`` (a ``np.random.Generator``) turns dropout on; masks are drawn layer by layer, so
         the same generator state gives the same masks.
@@ -201,19 +205,18 @@ class Stacked(Model):
                 Y = Y * mask  # x^{l+1}_t = drop(h^l_t)
             masks.append(mask)
             X = Y.reshape(T * B, H)
-        o = X @ self.V  # (T*B, K): o_t = drop(h^L_t) V + c, one product over all rows
-        o += self.c
-        p = softmax_(o)
-        return p, (x, layer_inputs, layer_caches, masks, X), s_last
+        S1 = np.empty((T * B, H + 1), dtype=self.dtype)  # [drop(h^L_t), 1]: o_t = S1 [V; c]
+        S1[:, :H] = X
+        S1[:, H] = 1.0
+        return S1, (x, layer_inputs, layer_caches, masks), s_last
 
-    def backward(self, do: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
-        """BPTT through one chunk. do (T*B, K) = dE/do; fills ``grads`` (zeroed) in place."""
-        x, layer_inputs, layer_caches, masks, Y = cache
+    def hidden_backward(self, ds: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
+        """BPTT through one chunk from ds = dE/d drop(h^L_t) (T*B, H), given by the output layer;
+        fills the layers' entries of ``grads`` in place."""
+        x, layer_inputs, layer_caches, masks = cache
         T, B = x.shape
         H, GH = self.hidden_size, self.gates * self.hidden_size
-        np.matmul(Y.T, do, out=grads["V"])  # dV = sum_t drop(h^L_t)^T do_t
-        grads["c"][...] = do.sum(axis=0)  # dc = sum_t do_t
-        dY = do @ self.V.T  # (T*B, H): dE/d drop(h^L_t)
+        dY = ds  # (T*B, H): dE/d drop(h^L_t)
         for l in range(self.num_layers - 1, -1, -1):
             U, W = self.params[f"U{l + 1}"], self.params[f"W{l + 1}"]
             if masks[l] is not None:
@@ -235,8 +238,8 @@ class Stacked(Model):
             else:
                 embedding_grad(x.reshape(-1), dX, grads["Emb"])  # dEmb[x_t] += dx^1_t
 
-    def step(self, x, s=None):
-        """One time step for sampling, no dropout: x (B,) ints, s (B, S) or None -> probs (B, K), s.
+    def step_state(self, x, s=None):
+        """One time step, no dropout: x (B,) ints, s (B, S) or None -> ([h^L_t, 1] (B, H+1), s).
 
         Written directly from the equations (not through ``forward``), so that the tests can
         hold the two against each other.
@@ -256,8 +259,7 @@ class Stacked(Model):
                 ax = U[x]
             cols = self._state_columns(l)
             h, s_new[:, cols] = self._layer_step(ax + b, s[:, cols], W)
-        o = h @ self.V + self.c
-        return softmax_(o), s_new
+        return np.hstack([h, np.ones((len(h), 1), dtype=self.dtype)]), s_new
 
     def _layer_forward(self, A, s0_l, W, s_out):
         """One layer over T steps. A (T, B, G H) holds x_t U + b and is overwritten; s0_l
@@ -532,6 +534,7 @@ class GRU(Stacked):
 MODELS = {"rnn": StackedRNN, "lstm": LSTM, "gru": GRU}
 _REQUIRED = ("cell", "vocab_size", "hidden_size")
 _OPTIONAL = {"num_layers": 1, "embedding_size": None, "dropout": 0.0}
+_OUTPUT = ("output", "class_of")  # the output layer's settings (charrnn.output.make_head)
 
 
 def build_model(config: dict, seed: int | None = 0, dtype=np.float32) -> Model:
@@ -544,7 +547,7 @@ def build_model(config: dict, seed: int | None = 0, dtype=np.float32) -> Model:
     gives ``model.RNN``; anything else a class of this module. Unknown or missing keys, an
     unknown cell or bad values raise ValueError.
     """
-    unknown = sorted(set(config) - set(_REQUIRED) - set(_OPTIONAL))
+    unknown = sorted(set(config) - set(_REQUIRED) - set(_OPTIONAL) - set(_OUTPUT))
     if unknown:
         raise ValueError(f"unknown model setting(s): {', '.join(unknown)}")
     missing = [k for k in _REQUIRED if k not in config]
@@ -554,7 +557,8 @@ def build_model(config: dict, seed: int | None = 0, dtype=np.float32) -> Model:
     if cell not in MODELS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     options = {k: config.get(k, default) for k, default in _OPTIONAL.items()}
+    output = {k: config[k] for k in _OUTPUT if k in config}
     plain = options["num_layers"] == 1 and options["embedding_size"] is None and options["dropout"] == 0.0
     if cell == "rnn" and plain and not isinstance(options["num_layers"], bool):
-        return RNN(config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype)  # the plain case
-    return MODELS[cell](config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, **options)
+        return RNN(config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, output=output)  # the plain case
+    return MODELS[cell](config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, output=output, **options)

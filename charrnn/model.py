@@ -31,50 +31,19 @@ import threading
 
 import numpy as np
 
+from charrnn.output import (  # noqa: F401  (re-exported: the numerics every model uses)
+    BLOCK_ABOVE_BYTES,
+    BLOCK_BYTES,
+    log_softmax,
+    log_softmax_,
+    make_head,
+    row_blocks,
+    softmax_,
+    softmax_cross_entropy_,
+)
 from charrnn.threads import MIN_STREAMS_PER_WORKER, parallel_map, stream_groups
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
-
-
-def log_softmax(o: np.ndarray) -> np.ndarray:
-    """Numerically stable log-softmax over the last axis (a new array, same shape)."""
-    return log_softmax_(np.array(o, copy=True))
-
-
-def log_softmax_(o: np.ndarray) -> np.ndarray:
-    """Log-softmax over the last axis, in place in ``o``; returns ``o``.
-
-    ``o - max - log(sum(exp(o - max)))``: exact for probabilities that would underflow, and one
-    ``log`` per row instead of one per entry.
-    """
-    o -= o.max(axis=-1, keepdims=True)
-    z = np.exp(o).sum(axis=-1, keepdims=True)
-    o -= np.log(z)
-    return o
-
-
-# Row-wise passes over a large (N, K) array go block by block, each block a few MiB, so that the
-# passes after the first find it in cache (1.3x on the softmax of 2048 x 4000 floats).
-BLOCK_BYTES = 4 << 20
-BLOCK_ABOVE_BYTES = 16 << 20
-
-
-def row_blocks(o: np.ndarray) -> list[slice]:
-    """Slices of the rows of a 2-D ``o``: all of them, or blocks of about BLOCK_BYTES if o is large."""
-    if o.nbytes <= BLOCK_ABOVE_BYTES or o.ndim != 2:
-        return [slice(None)]
-    rows = max(1, BLOCK_BYTES // max(1, o.shape[1] * o.itemsize))
-    return [slice(i, i + rows) for i in range(0, len(o), rows)]
-
-
-def softmax_(o: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis, computed in place in ``o``; returns ``o``."""
-    for rows in row_blocks(o):
-        block = o[rows]
-        block -= block.max(axis=-1, keepdims=True)
-        np.exp(block, out=block)
-        block /= block.sum(axis=-1, keepdims=True)
-    return o
 
 
 # Up to this vocabulary size the embedding gradient is one matrix product with a one-hot
@@ -124,36 +93,13 @@ def cross_entropy_grad_(p: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray
     return loss, p
 
 
-def softmax_cross_entropy_(o: np.ndarray, y: np.ndarray, total: int | None = None) -> tuple[float, np.ndarray]:
-    """``softmax_`` then ``cross_entropy_grad_`` in one go, in place in the logits o.
-
-    o: (N, K) logits (overwritten by do = (softmax(o) - onehot(y)) / total), y: (N,) ints,
-    ``total`` the number of rows the loss is a mean over (default N; more when o holds one group
-    of a batch's rows). Returns sum(-log p[y]) / total, from the logits (``log sum exp - o_y``,
-    exact even where p[y] underflows), and do. One pass over o fewer than the two-step form: the
-    1/total rides on the normalization.
-    """
-    total = len(y) if total is None else total
-    loss = 0.0
-    for rows in row_blocks(o):
-        block, y_block = o[rows], y[rows]
-        hit = (np.arange(len(y_block)), y_block)
-        block -= block.max(axis=-1, keepdims=True)
-        o_y = block[hit].astype(np.float64)  # shifted logit of each target
-        np.exp(block, out=block)
-        z = block.sum(axis=-1, keepdims=True)  # (rows, 1)
-        loss += float((np.log(z[:, 0].astype(np.float64)) - o_y).sum())
-        z *= total
-        block /= z  # p / total
-        block[hit] -= 1.0 / total
-    return loss / total, o
-
-
 class Model:
-    """What every network here shares: named parameters as views of one flat vector ``theta``.
+    """What every network here shares: named parameters as views of one flat vector ``theta``,
+    and an output layer ``head`` (``charrnn.output``) whose parameters come last in ``theta``.
 
-    A subclass sets ``shapes`` (name -> shape) and implements ``initialize``, ``forward``,
-    ``backward``, ``step`` and ``state_size``. The carried state is always one array (B, S).
+    A subclass sets ``shapes`` (name -> shape, the head's last) and ``head``, and implements
+    ``initialize``, ``hidden_forward``, ``hidden_backward``, ``step_state`` and ``state_size``.
+    The carried state is always one array (B, S).
     """
 
     shapes: dict[str, tuple[int, ...]]
@@ -169,6 +115,10 @@ class Model:
     def num_params(self) -> int:
         """The number of scalar parameters."""
         return sum(int(np.prod(s)) for s in self.shapes.values())
+
+    def head_part(self, flat: np.ndarray) -> np.ndarray:
+        """The tail of a flat vector laid out like ``theta`` that holds the output layer."""
+        return flat[self.num_params - self.head.num_params :]
 
     def unflatten(self, flat: np.ndarray) -> dict[str, np.ndarray]:
         """Views of a flat vector laid out like ``theta``, by parameter name."""
@@ -196,6 +146,12 @@ class Model:
         """The initial state of ``batch_size`` streams, (B, S), all zeros."""
         return np.zeros((batch_size, self.state_size), dtype=self.dtype)
 
+    def output_config(self) -> dict:
+        """The head's part of ``config()``: nothing for the full softmax (older checkpoints)."""
+        if self.head.kind == "full":
+            return {}
+        return {"output": self.head.kind, **self.head.config()}
+
     def loss_and_grads(self, inputs, targets, s0=None, rng=None):
         """Mean cross-entropy (nats per token), gradients by name, and the last state.
 
@@ -211,11 +167,27 @@ class Model:
     def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
         """Like ``loss_and_grads``, with the gradient as one flat vector laid out like ``theta``."""
         inputs, targets, s0 = self._check(inputs, targets, s0)
-        p, cache, s_last = self.forward(inputs, s0, rng)
-        loss, do = cross_entropy_grad_(p, targets.T.reshape(-1))
+        S1, cache, s_last = self.hidden_forward(inputs, s0, rng)
         g = np.zeros_like(self.theta)
-        self.backward(do, cache, self.unflatten(g))
+        y = targets.T.reshape(-1)  # (T*B,), time-major like the rows of S1
+        loss, ds = self.head.loss_and_grad(self.head_part(self.theta), S1, y, len(y), self.head_part(g))
+        self.hidden_backward(ds, cache, self.unflatten(g))
         return loss, g, s_last
+
+    def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
+        """Run T steps. inputs (B, T) ints, s0 (B, S) -> p (T*B, K) time-major, cache, s_T (B, S)."""
+        inputs, _, s0 = self._check(inputs, None, s0)
+        S1, cache, s_last = self.hidden_forward(inputs, s0, rng)
+        return self.head.probs(self.head_part(self.theta), S1), (S1, cache), s_last
+
+    def backward(self, do: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
+        """BPTT from do = dE/do (T*B, K) (full softmax only); fills ``grads`` (zeroed) in place."""
+        S1, hidden_cache = cache
+        g = np.zeros_like(self.theta)
+        ds = self.head.backward_logits(self.head_part(self.theta), S1, do, self.head_part(g))
+        self.hidden_backward(ds, hidden_cache, self.unflatten(g))
+        for name, view in self.unflatten(g).items():
+            grads[name][...] = view
 
     def _check(self, inputs, targets, s0):
         inputs = np.asarray(inputs)
@@ -236,9 +208,25 @@ class Model:
         """Forward only: log p for every position, (B, T, K), and the last state (B, S)."""
         inputs, _, s0 = self._check(inputs, None, s0)
         B, T = inputs.shape
-        p, _, s_last = self.forward(inputs, s0)
-        logp = np.log(np.maximum(p, np.finfo(p.dtype).tiny))  # (T*B, K), time-major
+        S1, _, s_last = self.hidden_forward(inputs, s0)
+        logp = self.head.log_probs(self.head_part(self.theta), S1)  # (T*B, K), time-major
         return logp.reshape(T, B, -1).transpose(1, 0, 2), s_last
+
+    def target_log_probs(self, inputs, targets, s0=None):
+        """Forward only: log p[target] for every position, (B, T) float64, and the last state.
+
+        Cheaper than ``log_probs`` for the class-factored head (H (C + class size) per row).
+        """
+        inputs, targets, s0 = self._check(inputs, targets, s0)
+        B, T = inputs.shape
+        S1, _, s_last = self.hidden_forward(inputs, s0)
+        logp = self.head.target_log_probs(self.head_part(self.theta), S1, targets.T.reshape(-1))
+        return logp.reshape(T, B).T, s_last
+
+    def step(self, x, s=None):
+        """One time step for sampling: x (B,) ints, s (B, S) or None -> probs (B, K), new s (B, S)."""
+        s1, s_new = self.step_state(x, s)
+        return self.head.step_probs(self.head_part(self.theta), s1), s_new
 
     def config(self) -> dict:
         """The constructor arguments (JSON-able), enough to rebuild this architecture."""
@@ -248,7 +236,8 @@ class Model:
 class RNN(Model):
     """Elman RNN: ``s_t = tanh(s_{t-1} W + U[x_t] + b)``, ``p_t = softmax(s_t V + c)``.
 
-    Shapes: U (K, H), W (H, H), b (H,), V (H, K), c (K,). The state is s, (B, H).
+    Shapes: U (K, H), W (H, H), b (H,), then the output layer's (``charrnn.output``): V (H, K),
+    c (K,) for the full softmax. The state is s, (B, H).
 
     Initialization (deterministic given ``seed``): U and V uniform in +-1/sqrt(H) (Xavier-like
     fan scaling, small so that tanh starts in its linear range and the softmax starts near
@@ -262,14 +251,18 @@ class RNN(Model):
     ``[dW; db] = sum_t [s_{t-1}, 1]^T da_t`` and ``[dV; dc] = sum_t [s_t, 1]^T do_t``.
     """
 
-    def __init__(self, vocab_size: int, hidden_size: int, seed: int | None = 0, dtype=np.float32):
-        """``seed`` None leaves the weights zero, for a checkpoint about to fill them."""
+    def __init__(
+        self, vocab_size: int, hidden_size: int, seed: int | None = 0, dtype=np.float32, output: dict | None = None
+    ):
+        """``seed`` None leaves the weights zero, for a checkpoint about to fill them. ``output``:
+        the head's config (``charrnn.output.make_head``), None for the full softmax."""
         if vocab_size < 1 or hidden_size < 1:
             raise ValueError("vocab_size and hidden_size must be positive")
         self.vocab_size, self.hidden_size = int(vocab_size), int(hidden_size)
         self.seed = None if seed is None else int(seed)
         K, H = self.vocab_size, self.hidden_size
-        self.shapes = {"U": (K, H), "W": (H, H), "b": (H,), "V": (H, K), "c": (K,)}
+        self.head = make_head(K, H, output)
+        self.shapes = {"U": (K, H), "W": (H, H), "b": (H,), **self.head.shapes}
         self._allocate(dtype)
         if seed is not None:
             self.initialize(np.random.default_rng(seed))
@@ -279,32 +272,32 @@ class RNN(Model):
         return self.hidden_size
 
     def config(self) -> dict:
-        return {"cell": "rnn", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size}
+        return {"cell": "rnn", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size, **self.output_config()}
 
     def initialize(self, rng: np.random.Generator) -> None:
         """Draw fresh parameters (see the class docstring for the scheme)."""
         H = self.hidden_size
         scale = 1.0 / np.sqrt(H)
         self.U = rng.uniform(-scale, scale, self.U.shape)
-        self.V = rng.uniform(-scale, scale, self.V.shape)
+        self.head.initialize(self.head_part(self.theta), rng)
         q, r = np.linalg.qr(rng.standard_normal((H, H)))
         self.W = 0.9 * q * np.sign(np.diag(r))  # sign fix: a uniformly random orthogonal matrix
         self.b = 0.0
-        self.c = 0.0
 
     def _blocks(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Views of a flat vector laid out like ``theta``: U (K, H), [W; b] (H+1, H), [V; c] (H+1, K)."""
+        """Views of a flat vector laid out like ``theta``: U (K, H), [W; b] (H+1, H), the head's tail."""
         K, H = self.vocab_size, self.hidden_size
         i, j = K * H, K * H + (H + 1) * H
-        return flat[:i].reshape(K, H), flat[i:j].reshape(H + 1, H), flat[j:].reshape(H + 1, K)
+        return flat[:i].reshape(K, H), flat[i:j].reshape(H + 1, H), flat[j:]
 
     def _step_views(self) -> tuple[np.ndarray, ...]:
-        """U, W, b, V, c as views of ``theta``, made once (``step`` runs once per sampled token)."""
+        """U, W, b and the head's tail as views of ``theta``, made once (``step`` runs once per
+        sampled token)."""
         views = self.__dict__.get("_views")
         if views is None or views[0] is not self.theta:
-            U, Wb, Vc = self._blocks(self.theta)
+            U, Wb, head = self._blocks(self.theta)
             H = self.hidden_size
-            views = (self.theta, U, Wb[:H], Wb[H], Vc[:H], Vc[H])
+            views = (self.theta, U, Wb[:H], Wb[H], head)
             self.__dict__["_views"] = views
         return views[1:]
 
@@ -341,56 +334,45 @@ class RNN(Model):
             np.tanh(a, out=S[t + 1, :, :H])  # s_t = tanh(a_t)
         return S
 
-    def _logits(self, S: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """o = s V + c for every state but the first: S (T+1, B, H+1) -> o (T*B, K), time-major."""
-        _, _, Vc = self._blocks(self.theta)
-        T1, B, H1 = S.shape
-        return np.matmul(S[1:].reshape((T1 - 1) * B, H1), Vc, out=out)  # one product over all rows
-
-    def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
-        """Run T steps. inputs (B, T) ints, s0 (B, H) -> p (T*B, K) time-major, cache, s_T.
-
-        ``rng`` is accepted for the common interface; the vanilla RNN has no dropout.
-        """
+    def hidden_forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
+        """The recurrence alone: inputs (B, T), s0 (B, H) -> S1 (T*B, H+1) rows [s_t, 1]
+        time-major, cache, s_T (B, H). ``rng`` is accepted for the common interface (no dropout)."""
         x = np.asarray(inputs).T  # (T, B): time-major, so each step reads contiguous rows
-        S, p = self._forward_groups(x, np.asarray(s0, dtype=self.dtype), softmax_)
-        return p, (x, S), S[-1, :, : self.hidden_size].copy()
+        T, B = x.shape
+        S = self._states_groups(x, np.asarray(s0, dtype=self.dtype))
+        return S[1:].reshape(T * B, -1), (x, S), S[-1, :, : self.hidden_size].copy()
 
-    def _forward_groups(self, x: np.ndarray, s0: np.ndarray, normalize):
-        """S (T+1, B, H+1) and ``normalize(o)`` (T*B, K) time-major, the streams split over workers."""
+    def _states_groups(self, x: np.ndarray, s0: np.ndarray) -> np.ndarray:
+        """``_states`` with the streams split over the stream workers."""
         T, B = x.shape
         groups = stream_groups(B, MIN_STREAMS_PER_WORKER)
         if len(groups) == 1:
-            S = self._states(x, s0)
-            return S, normalize(self._logits(S))
+            return self._states(x, s0)
         S = np.empty((T + 1, B, self.hidden_size + 1), dtype=self.dtype)
-        out = np.empty((T * B, self.vocab_size), dtype=self.dtype)
 
-        def run(group: slice) -> None:  # each worker writes its own streams of S and out
-            S_g = self._states(np.ascontiguousarray(x[:, group]), s0[group])
-            S[:, group] = S_g
-            out.reshape(T, B, -1)[:, group] = normalize(self._logits(S_g)).reshape(T, -1, self.vocab_size)
+        def run(group: slice) -> None:  # each worker writes its own streams of S
+            S[:, group] = self._states(np.ascontiguousarray(x[:, group]), s0[group])
 
         parallel_map(run, groups)
-        return S, out
+        return S
 
-    def backward(self, do: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
-        """BPTT through one chunk. do (T*B, K) = dE/do; fills ``grads`` (zeroed) in place."""
-        g = np.empty_like(self.theta)
-        self._backward_flat(do, cache, g)
-        for name, view in self.unflatten(g).items():
-            grads[name][...] = view
-
-    def _backward_flat(self, do: np.ndarray, cache, g: np.ndarray) -> None:
-        """BPTT into ``g``, a flat vector laid out like ``theta`` (every entry overwritten)."""
+    def hidden_backward(self, ds: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
+        """BPTT from ds = dE/ds_t (T*B, H) given by the head; writes dU, dW, db into ``grads``."""
         x, S = cache
+        g = np.empty_like(self.theta)
+        self._bptt(ds, x, S, g)
+        for name in ("U", "W", "b"):
+            grads[name][...] = self.unflatten(g)[name]
+
+    def _bptt(self, ds: np.ndarray, x: np.ndarray, S: np.ndarray, g: np.ndarray) -> None:
+        """BPTT into the U, W, b part of ``g`` (a flat vector like ``theta``; those entries all
+        overwritten). ds (T*B, H): dE/ds_t from the head, overwritten by da."""
         T1, B, H1 = S.shape
         T, H, N = T1 - 1, H1 - 1, (T1 - 1) * B
-        _, Wb, Vc = self._blocks(self.theta)
-        dU, dWb, dVc = self._blocks(g)
+        _, Wb, _ = self._blocks(self.theta)
+        dU, dWb, _ = self._blocks(g)
         S_flat = S.reshape(T1 * B, H1)  # rows [s_t, 1], t = 0..T
-        np.matmul(S_flat[B:].T, do, out=dVc)  # [dV; dc] = sum_t [s_t, 1]^T do_t
-        da = np.matmul(do, Vc[:H].T, out=self._work("da", (N, H))).reshape(T, B, H)  # do_t V^T, all t
+        da = ds.reshape(T, B, H)
         dtanh = np.multiply(S[1:, :, :H], S[1:, :, :H], out=self._work("dtanh", (T, B, H)))
         np.subtract(1.0, dtanh, out=dtanh)  # 1 - s_t^2, (T, B, H), for all t at once
         WT = Wb[:H].T
@@ -407,7 +389,7 @@ class RNN(Model):
         embedding_grad(x.reshape(-1), da_flat, dU, work)  # dU[x_t] += da_t
 
     def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
-        """Like ``Model.loss_and_flat_grad``, with the softmax and the loss gradient fused.
+        """Like ``Model.loss_and_flat_grad``, with scratch arrays kept between calls.
 
         With several workers, each group of streams runs forward and backward on its own thread
         into its own gradient (already divided by all B*T rows), and the gradients are summed.
@@ -415,15 +397,16 @@ class RNN(Model):
         inputs, targets, s0 = self._check(inputs, targets, s0)
         x, y = inputs.T, targets.T  # (T, B)
         T, B = x.shape
+        head = self.head_part(self.theta)
 
         def run(group: slice):
             x_g = np.ascontiguousarray(x[:, group])  # (T, B_g)
             B_g = x_g.shape[1]
             S = self._states(x_g, s0[group], self._work("S", (T + 1, B_g, self.hidden_size + 1)))
-            o = self._logits(S, self._work("o", (T * B_g, self.vocab_size)))
-            loss, do = softmax_cross_entropy_(o, y[:, group].reshape(-1), total=T * B)
             g = np.empty_like(self.theta)
-            self._backward_flat(do, (x_g, S), g)
+            S1 = S[1:].reshape(T * B_g, -1)
+            loss, ds = self.head.loss_and_grad(head, S1, y[:, group].reshape(-1), T * B, self.head_part(g), self._work)
+            self._bptt(ds, x_g, S, g)
             return loss, g, S[-1, :, : self.hidden_size].copy()
 
         results = parallel_map(run, stream_groups(B, MIN_STREAMS_PER_WORKER))
@@ -433,27 +416,15 @@ class RNN(Model):
             g += g_g
         return loss, g, results[0][2] if len(results) == 1 else np.concatenate([s for _, _, s in results])
 
-    def log_probs(self, inputs, s0=None):
-        """Forward only: log p for every position, (B, T, K), and the last state (B, S)."""
-        inputs, _, s0 = self._check(inputs, None, s0)
-        B, T = inputs.shape
-        S, logp = self._forward_groups(inputs.T, s0, log_softmax_)  # (T*B, K), time-major
-        return logp.reshape(T, B, -1).transpose(1, 0, 2), S[-1, :, : self.hidden_size].copy()
-
-    def step(self, x, s=None):
-        """One time step for sampling: x (B,) ints, s (B, H) or None -> probs (B, K), new s (B, H)."""
+    def step_state(self, x, s=None):
+        """One step of the recurrence: x (B,) ints, s (B, H) or None -> ([s_t, 1] (B, H+1), s_t (B, H))."""
         x = np.asarray(x).reshape(-1)
         s = self.zero_state(len(x)) if s is None else np.asarray(s, dtype=self.dtype)
-        U, W, b, V, c = self._step_views()
-        a = s @ W  # (B, H)
+        U, W, b, _ = self._step_views()
+        s1 = np.empty((len(x), self.hidden_size + 1), dtype=self.dtype)
+        a = np.matmul(s, W, out=s1[:, :-1])  # (B, H)
         a += U.take(x, axis=0)
         a += b
         np.tanh(a, out=a)  # s_t = tanh(s_{t-1} W + U[x_t] + b)
-        o = a @ V  # (B, K)
-        o += c
-        if len(o) == 1:  # one stream (sampling): whole-array reductions are cheaper than per-row ones
-            o -= o.max()
-            np.exp(o, out=o)
-            o /= o.sum()
-            return o, a
-        return softmax_(o), a
+        s1[:, -1] = 1.0
+        return s1, a

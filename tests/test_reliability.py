@@ -1,10 +1,10 @@
 """Bad input of every kind, end to end through the CLI: one line on stderr, the right exit code,
 never a traceback, and a model that was saved is never lost or damaged.
 
-The table ``CASES`` is the troubleshooting table of the README: each row names a situation, the
-command run, the exit code and the message. Rows that need more than one command (permissions, a
-full disk, a file that grows while it is read, hostile checkpoints that must not allocate or
-execute anything) have tests of their own below the table.
+The table ``CASES`` is the troubleshooting table of docs/reliability.md: each row names a
+situation, the command run, the exit code and the message. Rows that need more than one command
+(permissions, a full disk, a file that grows while it is read, hostile checkpoints that must not
+allocate or execute anything) have tests of their own below the table.
 """
 
 import errno
