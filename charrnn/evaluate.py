@@ -104,11 +104,10 @@ def evaluate(
     if chars < known_chars + unknown:
         raise ValueError(f"scored_chars ({chars}) is fewer than the characters of the scored tokens")
     loss = nats / count
-    bits = nats / math.log(2)
     return {
         "loss_nats": loss,
-        "bits_per_char": bits / chars,
-        "bits_per_token": bits / count,
+        "bits_per_char": nats / chars / math.log(2),  # the same float as bits_per_token when chars == count
+        "bits_per_token": loss / math.log(2),
         "perplexity": math.exp(loss),  # finite: p_y >= the smallest float, so loss <= 709
         "accuracy_top1": top1 / count,
         "accuracy_top5": top5 / count,
