@@ -808,8 +808,10 @@ def info(model_path, as_json):
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
     layers = config.get("num_layers", 1)
-    preview_sep = " " if tok.level == "word" else ""
-    preview = preview_sep.join(_show(t) for t in vocab[:60]) + (" ..." if len(vocab) > 60 else "")
+    if tok.level == "word":  # quoted, since a word carries the space before it
+        preview = " ".join(_quote(t) for t in vocab[:30]) + (" ..." if len(vocab) > 30 else "")
+    else:
+        preview = "".join(_show(t) for t in vocab[:60]) + (" ..." if len(vocab) > 60 else "")
     lines = [
         ("checkpoint", f"{ckpt.path}"),
         ("model", f"{config.get('cell', 'rnn')}, {layers} layer{'s' if layers != 1 else ''} of {config['hidden_size']} units, {model.dtype.name}"),

@@ -330,6 +330,12 @@ def test_word_level_predicts_words(trained_words):
     assert " " not in cands
 
 
+def test_info_quotes_the_words_of_a_word_vocabulary(trained_words):
+    store, _, _ = trained_words
+    line = next(x for x in invoke("info", "-m", store).stdout.splitlines() if x.startswith("vocabulary"))
+    assert '" fox"' in line and '"\\n"' in line and "words (the unknown one included)" in line
+
+
 def test_word_unknowns_count_words_and_their_characters(trained_words, tmp_path):
     store, _, _ = trained_words
     f = tmp_path / "new.txt"
