@@ -101,6 +101,7 @@ class Stacked(Model):
         seed: int = 0,
         dtype=np.float32,
         output: dict | None = None,
+        direct: dict | None = None,
     ):
         self.vocab_size = _positive_int("vocab_size", vocab_size)  # K
         self.hidden_size = _positive_int("hidden_size", hidden_size)  # H, units per layer
@@ -122,12 +123,13 @@ class Stacked(Model):
         shapes.update(self.head.shapes)
         self.shapes = shapes
         self._allocate(dtype)
+        self._attach_direct(direct)
         if seed is not None:
             self.initialize(np.random.default_rng(seed))
 
     @property
-    def state_size(self) -> int:
-        """S = blocks * H * L (see the module docstring for the packing)."""
+    def cell_state_size(self) -> int:
+        """blocks * H * L (see the module docstring for the packing)."""
         return self.blocks * self.hidden_size * self.num_layers
 
     def _state_columns(self, l: int) -> slice:
@@ -182,7 +184,7 @@ class Stacked(Model):
         T, B = x.shape
         H, GH, E = self.hidden_size, self.gates * self.hidden_size, self.embedding_size
         dropping = rng is not None and self.dropout > 0.0
-        s_last = np.empty((B, self.state_size), dtype=self.dtype)
+        s_last = np.empty((B, self.cell_state_size), dtype=self.dtype)
         X = None  # (T*B, D): the input rows x^l_t of the current layer; None for the U1 lookup
         layer_inputs, layer_caches, masks = [], [], []
         for l in range(self.num_layers):
@@ -246,7 +248,7 @@ class Stacked(Model):
         """
         x = np.asarray(x).reshape(-1)
         if s is None:
-            s = self.zero_state(len(x))
+            s = np.zeros((len(x), self.cell_state_size), dtype=self.dtype)
         s_new = np.empty_like(s, dtype=self.dtype)
         h = None  # the output of the layer below
         for l in range(self.num_layers):
@@ -534,7 +536,7 @@ class GRU(Stacked):
 MODELS = {"rnn": StackedRNN, "lstm": LSTM, "gru": GRU}
 _REQUIRED = ("cell", "vocab_size", "hidden_size")
 _OPTIONAL = {"num_layers": 1, "embedding_size": None, "dropout": 0.0}
-_OUTPUT = ("output", "class_of")  # the output layer's settings (charrnn.output.make_head)
+_OUTPUT = ("output", "class_of", "direct")  # the output layer's settings (charrnn.output.make_head)
 
 
 def build_model(config: dict, seed: int | None = 0, dtype=np.float32) -> Model:
@@ -557,8 +559,9 @@ def build_model(config: dict, seed: int | None = 0, dtype=np.float32) -> Model:
     if cell not in MODELS:
         raise ValueError(f"unknown cell {cell!r}; choose one of {', '.join(CELLS)}")
     options = {k: config.get(k, default) for k, default in _OPTIONAL.items()}
-    output = {k: config[k] for k in _OUTPUT if k in config}
+    output = {k: config[k] for k in _OUTPUT[:2] if k in config}
+    direct = config.get("direct")
     plain = options["num_layers"] == 1 and options["embedding_size"] is None and options["dropout"] == 0.0
     if cell == "rnn" and plain and not isinstance(options["num_layers"], bool):
-        return RNN(config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, output=output)  # the plain case
-    return MODELS[cell](config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, output=output, **options)
+        return RNN(config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, output=output, direct=direct)  # the plain case
+    return MODELS[cell](config["vocab_size"], config["hidden_size"], seed=seed, dtype=dtype, output=output, direct=direct, **options)

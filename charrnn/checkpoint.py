@@ -19,17 +19,17 @@ holding NaN or infinity are never written.
 
 The store is a directory holding ``ckpt-<step>.npz`` files and ``store.json``, which names the
 latest and the best (lowest validation bits per character) checkpoints. ``train.lock`` guards it
-against two training runs at once.
+against two training runs at once: an operating-system lock taken through ``filelock`` (``flock``
+on Linux and macOS, ``msvcrt.locking`` on Windows), which the system drops when its process dies.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import math
 import os
 import re
+import warnings
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +102,26 @@ def count_params(config: dict) -> int:
     return (0 if E is None else K * E) + first_rows * GH + (L - 1) * H * GH + L * per_layer + H * K + K
 
 
+def _direct_size(config: dict, path: Path) -> int:
+    """Entries in the direct connections' tables that ``config`` describes (0: none)."""
+    direct = config.get("direct")
+    if not direct:
+        return 0
+    try:
+        K = int(config["vocab_size"])
+        if config.get("output", "full") == "classes":
+            class_of = np.asarray(config["class_of"], dtype=np.int64)
+            widths = [int(class_of.max()) + 1, *np.bincount(class_of).tolist()]
+        else:
+            widths = [K]
+        rows = [int(r) for r in direct["rows"]]
+        if len(rows) != len(widths) or min(rows) < 0 or int(direct["order"]) < 1:
+            raise ValueError("rows do not match the output layer")
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad direct connections in metadata ({e})") from None
+    return sum(w * r for w, r in zip(widths, rows))
+
+
 def build_model(config: dict, dtype) -> Model:
     """The model a config describes (any cell), with zero weights about to be loaded."""
     from charrnn.cells import build_model as build_any_model
@@ -129,6 +149,10 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> Path:
     )
     meta_bytes = json.dumps(meta, ensure_ascii=False, allow_nan=False).encode("utf-8")
     members = {"meta.json": np.frombuffer(meta_bytes, dtype=np.uint8), "theta": ckpt.model.theta}
+    if ckpt.model.direct is not None:
+        if not np.isfinite(ckpt.model.direct.table).all():
+            raise NonFiniteWeightsError(f"the direct connections hold NaN or infinity; {path.name} was not written")
+        members["direct.table"] = ckpt.model.direct.table
     members.update(ckpt.arrays)
     with atomic_file(path, "wb") as f:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
@@ -294,6 +318,13 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
     if num_params * dtype.itemsize > zf.getinfo("theta.npy").file_size:
         raise CheckpointError(f"{path}: weights are truncated or do not match the model")
     theta = _read_member(zf, "theta", dtype, (num_params,))
+    direct_size = _direct_size(config, path)
+    if direct_size:  # checked against the file before the model allocates its tables
+        if "direct.table.npy" not in zf.namelist():
+            raise CheckpointError(f"{path}: checkpoint lacks the direct connections' tables")
+        if direct_size * dtype.itemsize > zf.getinfo("direct.table.npy").file_size:
+            raise CheckpointError(f"{path}: direct connections are truncated or do not match the model")
+        table = _read_member(zf, "direct.table", dtype, (direct_size,))
     try:
         model = build_model(config, dtype)
     except (KeyError, TypeError, ValueError) as e:
@@ -301,6 +332,10 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
     if model.num_params != num_params:  # pragma: no cover - count_params mirrors the cells
         raise CheckpointError(f"{path}: the model holds {model.num_params} parameters, not {num_params}")
     model.theta[...] = theta
+    if direct_size:
+        model.direct.table[...] = table
+        if not np.isfinite(table).all():
+            raise CheckpointError(f"{path}: direct connections hold NaN or infinity")
     arrays = {}
     for name, spec in (meta.get("arrays") or {}).items():
         try:
@@ -325,7 +360,7 @@ class ModelStore:
     def __init__(self, directory: Path, keep: int = 3):
         self.directory = Path(directory)
         self.keep = max(1, int(keep))
-        self._lock_fd: int | None = None
+        self._lock = None  # a filelock.FileLock while we hold the store
 
     # pointers
     def index(self) -> dict:
@@ -426,27 +461,22 @@ class ModelStore:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise CheckpointError(f"cannot create the model directory {self.directory}: {e.strerror or e}") from None
+        filelock = _filelock()
+        lock = filelock.FileLock(self.directory / LOCK_FILE, timeout=0)
         try:
-            fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            lock.acquire()
+        except filelock.Timeout:
+            raise StoreLockedError(
+                f"another training run is using {self.directory} (lock file {LOCK_FILE}); "
+                "wait for it or choose another --model"
+            ) from None
         except OSError as e:
             raise CheckpointError(f"cannot write to the model directory {self.directory}: {e.strerror or e}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise StoreLockedError(
-                    f"another training run is using {self.directory} (lock file {LOCK_FILE}); "
-                    "wait for it or choose another --model"
-                ) from None
-            raise
-        self._lock_fd = fd
+        self._lock = lock
         try:
             probe = self.directory / f".write-test.{os.getpid()}.tmp"
             os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
             probe.unlink()
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
         except OSError as e:
             self.unlock()
             raise CheckpointError(f"cannot write to the model directory {self.directory}: {e.strerror or e}") from None
@@ -463,22 +493,30 @@ class ModelStore:
                     p.unlink(missing_ok=True)
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release(force=True)
+            self._lock = None
+
+
+def _filelock():
+    """The filelock module, imported when a store is locked (it costs ~20 ms, which reading a
+    model need not pay). Where there is no fcntl (and not Windows), filelock warns that it falls
+    back to a lock file of its own; it breaks those of dead processes, so there is nothing for the
+    user to do about it and the warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import filelock
+    return filelock
 
 
 def _process_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+    """Whether process ``pid`` runs (``os.kill(pid, 0)`` would terminate it on Windows)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True  # someone else's process (or not a pid at all): leave its file alone
-    return True
+        return pid == os.getpid() or psutil.pid_exists(pid)
+    except (OSError, OverflowError, ValueError):
+        return True  # cannot tell (or not a pid at all): leave its file alone
 
 
 def open_model(path: Path, prefer: str = "best") -> Checkpoint:

@@ -1,4 +1,4 @@
-"""The ``charrnn`` command line: train, sample, evaluate, predict, info.
+"""The ``charrnn`` command line: train, sample, evaluate, score, predict, info.
 
 A thin layer over the library. It is the only module that uses click, tqdm, standard input and
 standard output. Results go to stdout; progress, warnings and errors go to stderr. Exit codes:
@@ -84,13 +84,19 @@ def _check_memory(need: int, what: str, hint: str) -> None:
 
 
 def _available_memory() -> int | None:
-    """Bytes this process may still allocate: the system's available memory, within the cgroup
-    and address-space limits; None where the system does not say."""
+    """Bytes this process may still allocate: the system's available memory (``psutil``), within
+    the cgroup and address-space limits; None where the system does not say.
+
+    The cgroup v2 limit is read by hand because psutil does not read it (its Linux code reads
+    ``/proc/meminfo`` only): in a container started with ``--memory``, psutil reports the host's
+    memory, and only ``memory.max`` says what the container may use.
+    """
     limits = []
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
+        import psutil
+
+        limits.append(int(psutil.virtual_memory().available))
+    except (ImportError, OSError, RuntimeError, AttributeError, ValueError):  # psutil cannot tell here
         pass
     try:
         cgroup = Path("/sys/fs/cgroup")
@@ -100,7 +106,7 @@ def _available_memory() -> int | None:
     except (OSError, ValueError):
         pass
     try:
-        import resource
+        import resource  # Unix only
 
         soft, _ = resource.getrlimit(resource.RLIMIT_AS)
         if soft != resource.RLIM_INFINITY:
@@ -122,7 +128,8 @@ def _training_memory(config) -> int:
     params = count_params(config.model_config(2)) * itemsize * (3 + (config.optimizer == "adam"))
     init = (G + 1) * H * H * 8
     activations = config.batch_size * config.seq_len * (G + 1) * H * config.num_layers * itemsize
-    return params + init + activations
+    direct = 2 * int(config.direct_size * (1 << 20)) if config.direct_order else 0  # table and Adagrad sums
+    return params + init + activations + direct
 
 
 class FiniteFloatRange(click.FloatRange):
@@ -206,6 +213,7 @@ def cli():
       charrnn train book.txt --max-time 600      # train (Ctrl-C saves and stops)
       charrnn sample --seed "我喜欢" -n 200       # continue a prompt
       charrnn evaluate test.txt                  # bits per character on new text
+      charrnn score lines.txt | sort -n          # the bits of each line, to rank them
       echo "我喜欢" | charrnn predict --chars 2   # the likely next characters
       charrnn info                               # what the model is and how it trained
 
@@ -223,6 +231,9 @@ TRAIN_FIELDS = {
     "embedding_size": "embedding_size",
     "dropout": "dropout",
     "dtype": "dtype",
+    "direct_order": "direct_order",
+    "direct_size": "direct_size",
+    "direct_lr": "direct_lr",
     "level": "level",
     "min_count": "min_count",
     "max_vocab": "max_vocab",
@@ -258,6 +269,9 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 @click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
 @click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
+@click.option("--direct-order", type=click.IntRange(min=0), help="Hashed n-gram direct connections to the output of orders 1..N; 0 = off.  [default: 0]")
+@click.option("--direct-size", type=POSITIVE_FLOAT, help="Megabytes of hashed n-gram table (twice that in memory while training).  [default: 64]")
+@click.option("--direct-lr", type=POSITIVE_FLOAT, help="Adagrad step of the n-gram tables.  [default: 0.1]")
 @click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
 @click.option("--min-count", type=POSITIVE_INT, help="Rarer tokens become unknown.  [default: 1]")
 @click.option("--max-vocab", type=click.IntRange(min=2), help="Cap on the vocabulary size.")
@@ -325,6 +339,9 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
     world = mpi.connect(distributed)  # None in a normal run, which never imports mpi4py
     if world is not None:
         return _train_distributed(world, store, names, values, resume, fine_tune, overwrite, threads, encoding_errors, quiet)
+    from charrnn.data import FITTED
+
+    fit = [name for name in FITTED if name not in values]  # what the user left to us, fitted to a short text
     if resume or fine_tune:  # the saved run's settings, then what this command line changes
         values = {**_saved_settings(store), **values}
     config = TrainConfig(**values)
@@ -344,7 +361,10 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
             fine_tune=fine_tune,
             encoding_errors=encoding_errors,
             stdin=_stdin_bytes() if "-" in names else None,
+            fit=fit,
         )
+        for note in trainer.notes:
+            _warn_info(note)
         set_threads(threads or default_threads(trainer.config.hidden_size, trainer.config.batch_size))
         set_workers(workers or default_workers(trainer.config.hidden_size, trainer.config.batch_size))
         _run_training(trainer, quiet)
@@ -450,7 +470,9 @@ def _run_training(trainer, quiet: bool) -> None:
         except (AttributeError, CheckpointError):
             return "; nothing was saved"
 
-    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGTERM where the platform has it (Windows defines it but never delivers it from outside)
+    stop_signals = [sig for sig in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if sig is not None]
+    previous = {sig: signal.signal(sig, request_stop) for sig in stop_signals}
     _describe_run(trainer, quiet)  # after the handlers: from here on, Ctrl-C saves
     last = saved = None
     try:
@@ -653,6 +675,124 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
     ]
     for name, value in rows:
         click.echo(f"{name:<11} {value}")
+
+
+# -- score ----------------------------------------------------------------------------------------
+
+READ_BYTES = 1 << 20  # at most this much input per block of lines; less when a pipe has less ready
+NEWLINE = b"\n"
+
+
+@cli.command()
+@click.argument("files", nargs=-1, type=str)
+@model_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line: text, bits, bits_per_char, tokens, unknown_tokens.")
+@click.option("--context", is_flag=True, help="Carry the state from line to line (and file to file) instead of scoring each line on its own.")
+@click.option(
+    "--encoding-errors", type=click.Choice(["strict", "replace", "ignore"]), default="strict", show_default=True,
+    help="What to do with bytes that are not UTF-8.",
+)
+def score(files, model_path, as_json, context, encoding_errors):
+    """Score each line of FILES (- or none: standard input): bits, bits per character, the line.
+
+    Prints "bits<TAB>bits_per_char<TAB>line" per line (sort -n ranks them), as lines are read.
+    Each line is scored on its own, from the state the sampler starts an empty prompt with; its
+    characters and its newline are each predicted from what precedes them. With --context, every
+    line is predicted from all the lines before it, and the bits add up to what evaluate finds
+    for the text with a newline in front (--num-streams 1).
+    """
+    from charrnn.score import MAX_STREAMS, LineScorer
+    from charrnn.threads import default_workers, set_workers
+
+    names = list(files) or ["-"]
+    if names.count("-") > 1:
+        raise click.UsageError("standard input (-) can be read only once")
+    for name in names:
+        if name != "-" and not Path(name).exists():
+            raise click.ClickException(f"file not found: {name}")
+        if name != "-" and Path(name).is_dir():
+            raise click.ClickException(f"{name} is a directory, not a file")
+    ckpt = _open(model_path)
+    tok = ckpt.tokenizer
+    scorer = LineScorer(ckpt.model, tok, context=context)
+    set_workers(default_workers(getattr(ckpt.model, "hidden_size", 1), MAX_STREAMS))
+    if "-" in names and _stdin_bytes().isatty():
+        click.echo("charrnn: reading lines to score from the terminal; Ctrl-D ends", err=True)
+    failure: list[str] = []
+    tokens = unknown = 0
+    for block in _line_blocks(names, encoding_errors, failure):
+        out = []
+        for r in scorer.score(block):
+            text = r.line.removesuffix("\n").removesuffix("\r")
+            tokens += r.tokens
+            unknown += r.unknown_tokens
+            if as_json:
+                out.append(json.dumps(
+                    {"text": text, "bits": r.bits, "bits_per_char": r.bits_per_char, "tokens": r.tokens, "unknown_tokens": r.unknown_tokens},
+                    ensure_ascii=False,
+                ))
+            else:
+                out.append(f"{r.bits:.4f}\t{r.bits_per_char:.4f}\t{text}")
+        click.echo("\n".join(out))  # one write per block
+    if unknown:
+        _warn(f"{unknown:,} scored {tok.level}s ({100 * unknown / tokens:.1f}%) are not in the vocabulary; they count as the unknown token")
+    if failure:
+        raise click.ClickException(failure[0])
+
+
+def _line_blocks(names: list[str], encoding_errors: str, failure: list[str]):
+    """Lists of decoded lines (each with its "\n"; a file's last line may lack it), a block per
+    read: whatever is ready, up to READ_BYTES, so that lines arriving slowly are scored at once.
+
+    At a byte that is not UTF-8 (with "strict") or a NUL byte, the lines before its line are
+    yielded, the reason is appended to ``failure`` and reading stops.
+    """
+    for name in names:
+        where = "standard input" if name == "-" else name
+        f = _stdin_bytes() if name == "-" else open(name, "rb")
+        try:
+            read = getattr(f, "read1", f.read)
+            carry, offset, line_number = b"", 0, 1  # carry: a line begun; offset, line_number: where it starts
+            while True:
+                raw = read(READ_BYTES)
+                data = carry + raw
+                cut = data.rfind(b"\n") + 1 if raw else len(data)  # at the end, the last line as it is
+                complete, carry = data[:cut], data[cut:]
+                if complete:
+                    lines, bad = _decode_lines(complete, encoding_errors)
+                    if lines:
+                        yield lines
+                    if bad is not None:
+                        at, kind = bad
+                        line = f"line {line_number + complete.count(NEWLINE, 0, at)}"
+                        failure.append(
+                            f"{where} looks like a binary file (NUL byte on {line}, byte offset {offset + at}), not text"
+                            if kind == "nul" else
+                            f"{where} is not valid UTF-8 ({line}, byte offset {offset + at}); use --encoding-errors replace to go on anyway"
+                        )
+                        return
+                    offset += cut
+                    line_number += complete.count(b"\n")
+                if not raw:
+                    break
+        finally:
+            if name != "-":
+                f.close()
+
+
+def _decode_lines(data: bytes, encoding_errors: str) -> tuple[list[str], tuple[int, str] | None]:
+    """Complete lines of bytes -> (the lines before the first bad one, None or (its byte, "nul" or "utf-8"))."""
+    from charrnn.score import split_lines
+
+    nul = data.find(b"\0")
+    bad = None if nul < 0 else (nul, "nul")
+    good = data if nul < 0 else data[: data.rfind(b"\n", 0, nul) + 1]
+    try:
+        text = good.decode("utf-8", encoding_errors)
+    except UnicodeDecodeError as e:
+        bad = (e.start, "utf-8")
+        text = good[: good.rfind(b"\n", 0, e.start) + 1].decode("utf-8")
+    return split_lines(text), bad
 
 
 # -- predict --------------------------------------------------------------------------------------

@@ -16,6 +16,67 @@ from collections.abc import Iterator
 import numpy as np
 
 
+MIN_TOKENS = 5  # a text shorter than this has nothing to learn from
+MIN_VAL_TOKENS = 16  # a held-out part shorter than this says nothing: none is held out instead
+FITTED = ("batch_size", "seq_len", "val_fraction")  # the settings ``fit_to_text`` may change
+
+
+def fit_to_text(
+    n_tokens: int, batch_size: int, seq_len: int, val_fraction: float, adjustable=FITTED, unit: str = "tokens"
+) -> tuple[int, int, float, str | None]:
+    """(B, T, val_fraction, note): the settings shrunk to a text of ``n_tokens`` too short for them.
+
+    Only the settings named in ``adjustable`` change (the others were chosen by the user). When
+    the training part (after the validation part) holds fewer than B*T + 1 tokens: the validation
+    part is dropped if it would hold fewer than MIN_VAL_TOKENS; then T shrinks to what the
+    training part holds (T <= n_train - 1), then B to the streams of T tokens that fit. ``note``
+    says in one line what changed (None if nothing did). Raises ValueError for a text shorter than
+    MIN_TOKENS, or when a setting that may not change does not fit; the message names it as the
+    command line does (``--batch-size``).
+    """
+    if n_tokens < MIN_TOKENS:
+        raise ValueError(
+            f"the text has {n_tokens} {unit}, too few to learn from; a text to train on needs at least "
+            f"{MIN_TOKENS} {unit}"
+        )
+
+    def n_val(fraction: float) -> int:
+        return int(round(n_tokens * fraction))
+
+    B, T, vf = batch_size, seq_len, val_fraction
+    if n_tokens - n_val(vf) >= B * T + 1:
+        return B, T, vf, None
+    if "val_fraction" in adjustable and vf > 0 and (n_val(vf) < MIN_VAL_TOKENS or n_tokens - n_val(vf) < MIN_TOKENS):
+        vf = 0.0
+    n_train = n_tokens - n_val(vf)
+    if n_train < MIN_TOKENS:  # only a given --val-fraction can do this
+        raise ValueError(
+            f"the text has {n_tokens} {unit}; --val-fraction {vf} holds out {n_val(vf)} and leaves {n_train} to "
+            f"train on, fewer than {MIN_TOKENS}; give a smaller --val-fraction, or leave it out"
+        )
+    given = [f"--{name.replace('_', '-')} {value}" for name, value in (("batch_size", B), ("seq_len", T)) if name not in adjustable]
+    if "val_fraction" not in adjustable and vf > 0:
+        given.append(f"--val-fraction {vf} (holding out {n_val(vf)})")
+    if "seq_len" in adjustable:
+        T = max(1, min(T, (n_train - 1) // (1 if "batch_size" in adjustable else B)))
+    if "batch_size" in adjustable:
+        B = max(1, min(B, (n_train - 1) // T))
+    if n_train < B * T + 1:
+        held = f", after {n_val(vf)} held out for validation" if n_val(vf) and "val_fraction" in adjustable else ""
+        named = ", ".join(given[:-1]) + " and " + given[-1] if len(given) > 1 else given[0]
+        raise ValueError(
+            f"the text has {n_tokens} {unit}, fewer than one batch needs ({B * T + 1} = batch size {B} x sequence "
+            f"length {T} + 1{held}) with {named}; give smaller values, or leave them out to have them fitted to "
+            "the text"
+        )
+    changes = [f"{what} {new} instead of {old}" for what, new, old in (("batch size", B, batch_size), ("sequence length", T, seq_len)) if new != old]
+    if vf != val_fraction:
+        changes.append("no validation part (too short to hold one out)")
+    elif n_val(vf):
+        changes.append(f"{n_val(vf)} {unit} held out for validation")
+    return B, T, vf, f"the text is short ({n_tokens} {unit}): training with {', '.join(changes)}"
+
+
 def split_train_val(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """The first (1 - val_fraction) of the ids for training, the rest for validation (views)."""
     if not 0.0 <= val_fraction < 1.0:

@@ -163,6 +163,36 @@ class World:
         np.multiply(buf[:P], 1.0 / self.size, out=g)
         return float(buf[P]) / self.size
 
+    def reduce_direct(self, direct) -> dict:
+        """The direct connections' sparse gradient averaged over the ranks, the same on each:
+        {j: (rows, dD)} as ``Direct.sparse_grad`` gives, from this rank's ``direct.pending``.
+
+        Only the rows a step touched travel (not the tables): the row counts per block in one
+        Allgather, then the rows and their gradients in one Allgatherv each.
+        """
+        local = direct.sparse_grad()
+        J, widths = len(direct.widths), direct.widths
+        counts = np.array([len(local[j][0]) if j in local else 0 for j in range(J)], np.int64)
+        all_counts = np.empty((self.size, J), np.int64)
+        self.comm.Allgather(counts, all_counts)
+        rows = np.concatenate([local[j][0] for j in range(J) if j in local] or [np.zeros(0, np.int64)])
+        values = np.concatenate([local[j][1].reshape(-1) for j in range(J) if j in local] or [np.zeros(0, direct.table.dtype)])
+        row_counts = all_counts.sum(axis=1)
+        value_counts = (all_counts * np.array(widths)).sum(axis=1)
+        all_rows = np.empty(int(row_counts.sum()), np.int64)
+        all_values = np.empty(int(value_counts.sum()), values.dtype)
+        self.comm.Allgatherv(rows.astype(np.int64), [all_rows, row_counts])
+        self.comm.Allgatherv(values, [all_values, value_counts])
+        pending, r0, v0 = [], 0, 0  # every rank's rows, rank by rank, as one pending list
+        for rank in range(self.size):
+            for j in range(J):
+                n = int(all_counts[rank, j])
+                if n:
+                    dD = all_values[v0 : v0 + n * widths[j]].reshape(n, widths[j]) / self.size
+                    pending.append((j, all_rows[r0 : r0 + n, None], dD))
+                r0, v0 = r0 + n, v0 + n * widths[j]
+        return direct.sparse_grad(pending)
+
     def agree_stop(self, reason: str | None, progress: float | None) -> tuple[str | None, float | None]:
         """The reason to stop and the fraction of the budget done that every rank shares (one
         Allreduce of two numbers): rank 0's, or an interruption on any rank. Only rank 0's clock
@@ -492,6 +522,7 @@ def _attach(world: World, trainer: Trainer, full_state: np.ndarray, setup: dict,
     if isinstance(rngs, list) and len(rngs) == world.size:  # resuming a run of as many ranks
         trainer.dropout_rng.bit_generator.state = rngs[world.rank]
     trainer.reduce_gradient = world.reduce_gradient
+    trainer.reduce_direct = world.reduce_direct
     trainer.agree_stop = world.agree_stop
     trainer.score_validation = world.validation_bpc
 

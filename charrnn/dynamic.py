@@ -12,6 +12,9 @@ so the model adapts to recent text without forgetting what it learned in trainin
     v     <- beta v + (1 - beta) g^2                 running mean square of the gradient
     theta <- theta - lr g / (sqrt(v) + eps) + decay (theta_0 - theta)
 
+A model with n-gram direct connections (``charrnn.direct``) also updates its tables, with their
+own sparse Adagrad step ``direct_lr``: the text's own n-grams are learnt as they recur.
+
 With ``num_streams`` = 1 (the default) the whole text is one stream read front to back, which is
 what adaptation needs; more streams are faster but each update then mixes far-apart places.
 """
@@ -37,12 +40,15 @@ class DynamicConfig:
     seq_len: int = 50  # T: tokens scored between two updates
     num_streams: int = 1  # B: parallel streams of the text
     clip: float = 5.0  # global gradient-norm clip per update
+    direct_lr: float = 0.1  # Adagrad step of the n-gram tables per update (models that have them)
 
     def validate(self) -> None:
         if self.lr is not None and not self.lr > 0:
             raise ValueError("dynamic learning rate must be positive")
         if not 0 <= self.decay < 1:
             raise ValueError("dynamic decay must be in [0, 1)")
+        if not self.direct_lr > 0:
+            raise ValueError("dynamic direct learning rate must be positive")
         if self.seq_len < 1 or self.num_streams < 1:
             raise ValueError("dynamic seq-len and streams must be positive")
 
@@ -76,8 +82,13 @@ class DynamicUpdater:
     def __call__(self, inputs: np.ndarray, targets: np.ndarray, s0: np.ndarray) -> None:
         c, theta = self.config, self.model.theta
         _, g, _ = self.model.loss_and_flat_grad(inputs, targets, s0)
+        direct = self.model.direct
         if not np.isfinite(g).all():
+            if direct is not None:
+                direct.pending = []
             return  # never let one odd chunk poison the weights
+        if direct is not None:  # the n-gram tables learn the text's own n-grams as it goes (as PPM does)
+            direct.update(c.direct_lr)
         clip_grad_norm_(g, c.clip)
         self.v *= c.beta
         self.v += (1 - c.beta) * g * g

@@ -41,6 +41,7 @@ from charrnn.output import (  # noqa: F401  (re-exported: the numerics every mod
     softmax_,
     softmax_cross_entropy_,
 )
+from charrnn.direct import Direct, ngram_hashes, next_history
 from charrnn.threads import MIN_STREAMS_PER_WORKER, parallel_map, stream_groups
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -103,6 +104,37 @@ class Model:
     """
 
     shapes: dict[str, tuple[int, ...]]
+    direct: Direct | None = None  # hashed n-gram direct connections (charrnn.direct), trained apart
+
+    def _attach_direct(self, config: dict | None) -> None:
+        """Give the model direct connections, {"order": N, "rows": [R_j per block of the head]}."""
+        if config:
+            self.direct = Direct(self.head.widths, config["rows"], config["order"], dtype=self.dtype)
+            self.head.direct = self.direct
+
+    @property
+    def history_size(self) -> int:
+        """The state's last columns: the N-1 tokens the direct connections' n-grams need."""
+        return 0 if self.direct is None else self.direct.order - 1
+
+    @property
+    def state_size(self) -> int:
+        """S: the cell's state, then the token history of the direct connections."""
+        return self.cell_state_size + self.history_size
+
+    def _split_state(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the cell's part (B, S_cell), the token history (B, N-1)) of a state (B, S)."""
+        return s[:, : self.cell_state_size], s[:, self.cell_state_size :]
+
+    def _hashes(self, history: np.ndarray, x: np.ndarray) -> np.ndarray | None:
+        """The n-gram hashes (T*B, N) of inputs x (T, B) after ``history``, None without direct."""
+        return None if self.direct is None else ngram_hashes(history, x, self.direct.order)
+
+    def _join_state(self, s_cell: np.ndarray, history: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """The state after reading x (T, B): the cell's last state and the updated history."""
+        if self.direct is None:
+            return s_cell
+        return np.concatenate([s_cell, next_history(history, x)], axis=1)
 
     def _allocate(self, dtype) -> None:
         self.dtype = np.dtype(dtype)
@@ -147,10 +179,12 @@ class Model:
         return np.zeros((batch_size, self.state_size), dtype=self.dtype)
 
     def output_config(self) -> dict:
-        """The head's part of ``config()``: nothing for the full softmax (older checkpoints)."""
-        if self.head.kind == "full":
-            return {}
-        return {"output": self.head.kind, **self.head.config()}
+        """The output layer's part of ``config()``: nothing for the full softmax without direct
+        connections (so older checkpoints and configs read the same)."""
+        config = {} if self.head.kind == "full" else {"output": self.head.kind, **self.head.config()}
+        if self.direct is not None:
+            config["direct"] = self.direct.config()
+        return config
 
     def loss_and_grads(self, inputs, targets, s0=None, rng=None):
         """Mean cross-entropy (nats per token), gradients by name, and the last state.
@@ -167,24 +201,37 @@ class Model:
     def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
         """Like ``loss_and_grads``, with the gradient as one flat vector laid out like ``theta``."""
         inputs, targets, s0 = self._check(inputs, targets, s0)
-        S1, cache, s_last = self.hidden_forward(inputs, s0, rng)
+        s_cell, history = self._split_state(s0)
+        S1, cache, s_last = self.hidden_forward(inputs, s_cell, rng)
         g = np.zeros_like(self.theta)
         y = targets.T.reshape(-1)  # (T*B,), time-major like the rows of S1
-        loss, ds = self.head.loss_and_grad(self.head_part(self.theta), S1, y, len(y), self.head_part(g))
+        hashes, sink = self._hashes(history, inputs.T), []
+        loss, ds = self.head.loss_and_grad(
+            self.head_part(self.theta), S1, y, len(y), self.head_part(g), g=hashes, sink=sink
+        )
+        if self.direct is not None:
+            self.direct.pending = sink
         self.hidden_backward(ds, cache, self.unflatten(g))
-        return loss, g, s_last
+        return loss, g, self._join_state(s_last, history, inputs.T)
 
     def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
         """Run T steps. inputs (B, T) ints, s0 (B, S) -> p (T*B, K) time-major, cache, s_T (B, S)."""
         inputs, _, s0 = self._check(inputs, None, s0)
-        S1, cache, s_last = self.hidden_forward(inputs, s0, rng)
-        return self.head.probs(self.head_part(self.theta), S1), (S1, cache), s_last
+        s_cell, history = self._split_state(s0)
+        S1, cache, s_last = self.hidden_forward(inputs, s_cell, rng)
+        hashes = self._hashes(history, inputs.T)
+        p = self.head.probs(self.head_part(self.theta), S1, hashes)
+        return p, (S1, hashes, cache), self._join_state(s_last, history, inputs.T)
 
     def backward(self, do: np.ndarray, cache, grads: dict[str, np.ndarray]) -> None:
-        """BPTT from do = dE/do (T*B, K) (full softmax only); fills ``grads`` (zeroed) in place."""
-        S1, hidden_cache = cache
+        """BPTT from do = dE/do (T*B, K) (full softmax only); fills ``grads`` (zeroed) in place;
+        the direct connections' sparse gradient goes to ``direct.pending``."""
+        S1, hashes, hidden_cache = cache
         g = np.zeros_like(self.theta)
         ds = self.head.backward_logits(self.head_part(self.theta), S1, do, self.head_part(g))
+        if self.direct is not None:
+            self.direct.pending = []
+            self.direct.add_grad(self.direct.pending, 0, hashes, do)
         self.hidden_backward(ds, hidden_cache, self.unflatten(g))
         for name, view in self.unflatten(g).items():
             grads[name][...] = view
@@ -208,9 +255,10 @@ class Model:
         """Forward only: log p for every position, (B, T, K), and the last state (B, S)."""
         inputs, _, s0 = self._check(inputs, None, s0)
         B, T = inputs.shape
-        S1, _, s_last = self.hidden_forward(inputs, s0)
-        logp = self.head.log_probs(self.head_part(self.theta), S1)  # (T*B, K), time-major
-        return logp.reshape(T, B, -1).transpose(1, 0, 2), s_last
+        s_cell, history = self._split_state(s0)
+        S1, _, s_last = self.hidden_forward(inputs, s_cell)
+        logp = self.head.log_probs(self.head_part(self.theta), S1, self._hashes(history, inputs.T))  # (T*B, K)
+        return logp.reshape(T, B, -1).transpose(1, 0, 2), self._join_state(s_last, history, inputs.T)
 
     def target_log_probs(self, inputs, targets, s0=None):
         """Forward only: log p[target] for every position, (B, T) float64, and the last state.
@@ -219,14 +267,21 @@ class Model:
         """
         inputs, targets, s0 = self._check(inputs, targets, s0)
         B, T = inputs.shape
-        S1, _, s_last = self.hidden_forward(inputs, s0)
-        logp = self.head.target_log_probs(self.head_part(self.theta), S1, targets.T.reshape(-1))
-        return logp.reshape(T, B).T, s_last
+        s_cell, history = self._split_state(s0)
+        S1, _, s_last = self.hidden_forward(inputs, s_cell)
+        hashes = self._hashes(history, inputs.T)
+        logp = self.head.target_log_probs(self.head_part(self.theta), S1, targets.T.reshape(-1), hashes)
+        return logp.reshape(T, B).T, self._join_state(s_last, history, inputs.T)
 
     def step(self, x, s=None):
         """One time step for sampling: x (B,) ints, s (B, S) or None -> probs (B, K), new s (B, S)."""
-        s1, s_new = self.step_state(x, s)
-        return self.head.step_probs(self.head_part(self.theta), s1), s_new
+        x = np.asarray(x).reshape(-1)
+        s = self.zero_state(len(x)) if s is None else np.asarray(s, dtype=self.dtype)
+        s_cell, history = self._split_state(s)
+        s1, s_new = self.step_state(x, s_cell)
+        hashes = self._hashes(history, x[None, :])
+        probs = self.head.step_probs(self.head_part(self.theta), s1, hashes)
+        return probs, self._join_state(s_new, history, x[None, :])
 
     def config(self) -> dict:
         """The constructor arguments (JSON-able), enough to rebuild this architecture."""
@@ -252,7 +307,13 @@ class RNN(Model):
     """
 
     def __init__(
-        self, vocab_size: int, hidden_size: int, seed: int | None = 0, dtype=np.float32, output: dict | None = None
+        self,
+        vocab_size: int,
+        hidden_size: int,
+        seed: int | None = 0,
+        dtype=np.float32,
+        output: dict | None = None,
+        direct: dict | None = None,
     ):
         """``seed`` None leaves the weights zero, for a checkpoint about to fill them. ``output``:
         the head's config (``charrnn.output.make_head``), None for the full softmax."""
@@ -264,11 +325,12 @@ class RNN(Model):
         self.head = make_head(K, H, output)
         self.shapes = {"U": (K, H), "W": (H, H), "b": (H,), **self.head.shapes}
         self._allocate(dtype)
+        self._attach_direct(direct)
         if seed is not None:
             self.initialize(np.random.default_rng(seed))
 
     @property
-    def state_size(self) -> int:
+    def cell_state_size(self) -> int:
         return self.hidden_size
 
     def config(self) -> dict:
@@ -398,28 +460,35 @@ class RNN(Model):
         x, y = inputs.T, targets.T  # (T, B)
         T, B = x.shape
         head = self.head_part(self.theta)
+        s_cell, history = self._split_state(s0)
 
         def run(group: slice):
             x_g = np.ascontiguousarray(x[:, group])  # (T, B_g)
             B_g = x_g.shape[1]
-            S = self._states(x_g, s0[group], self._work("S", (T + 1, B_g, self.hidden_size + 1)))
+            S = self._states(x_g, s_cell[group], self._work("S", (T + 1, B_g, self.hidden_size + 1)))
             g = np.empty_like(self.theta)
             S1 = S[1:].reshape(T * B_g, -1)
-            loss, ds = self.head.loss_and_grad(head, S1, y[:, group].reshape(-1), T * B, self.head_part(g), self._work)
+            hashes, sink = self._hashes(history[group], x_g), []
+            loss, ds = self.head.loss_and_grad(
+                head, S1, y[:, group].reshape(-1), T * B, self.head_part(g), self._work, hashes, sink
+            )
             self._bptt(ds, x_g, S, g)
-            return loss, g, S[-1, :, : self.hidden_size].copy()
+            return loss, g, S[-1, :, : self.hidden_size].copy(), sink
 
         results = parallel_map(run, stream_groups(B, MIN_STREAMS_PER_WORKER))
-        loss, g, _ = results[0]
-        for loss_g, g_g, _ in results[1:]:
+        loss, g, _, _ = results[0]
+        for loss_g, g_g, _, _ in results[1:]:
             loss += loss_g
             g += g_g
-        return loss, g, results[0][2] if len(results) == 1 else np.concatenate([s for _, _, s in results])
+        if self.direct is not None:  # in the order of the groups, so that updates are deterministic
+            self.direct.pending = [item for *_, sink in results for item in sink]
+        s_last = results[0][2] if len(results) == 1 else np.concatenate([r[2] for r in results])
+        return loss, g, self._join_state(s_last, history, x)
 
     def step_state(self, x, s=None):
         """One step of the recurrence: x (B,) ints, s (B, H) or None -> ([s_t, 1] (B, H+1), s_t (B, H))."""
         x = np.asarray(x).reshape(-1)
-        s = self.zero_state(len(x)) if s is None else np.asarray(s, dtype=self.dtype)
+        s = np.zeros((len(x), self.hidden_size), self.dtype) if s is None else np.asarray(s, dtype=self.dtype)
         U, W, b, _ = self._step_views()
         s1 = np.empty((len(x), self.hidden_size + 1), dtype=self.dtype)
         a = np.matmul(s, W, out=s1[:, :-1])  # (B, H)

@@ -124,6 +124,8 @@ class FullHead:
         self.vocab_size, self.hidden_size = int(vocab_size), int(hidden_size)
         K, H = self.vocab_size, self.hidden_size
         self.shapes = {"V": (H, K), "c": (K,)}
+        self.widths = [K]  # the blocks of the logits, for direct connections (charrnn.direct)
+        self.direct = None  # a charrnn.direct.Direct, when the model has n-gram direct connections
 
     @property
     def num_params(self) -> int:
@@ -143,21 +145,29 @@ class FullHead:
         n = (self.hidden_size + 1) * self.vocab_size
         return flat[:n].reshape(self.hidden_size + 1, self.vocab_size)  # [V; c]
 
-    def logits(self, flat: np.ndarray, S1: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """o = [s, 1] [V; c]: S1 (N, H+1) -> (N, K), token-id order."""
-        return np.matmul(S1, self._Vc(flat), out=out)
+    def _direct(self, j: int, g: np.ndarray | None) -> np.ndarray | None:
+        """The direct connections' logits of block j for n-gram hashes g (N, order), or None."""
+        return None if self.direct is None or g is None else self.direct.logits(j, g)
 
-    def probs(self, flat: np.ndarray, S1: np.ndarray) -> np.ndarray:
-        """p (N, K) for rows S1 (N, H+1)."""
-        return softmax_(self.logits(flat, S1))
+    def logits(self, flat: np.ndarray, S1: np.ndarray, out: np.ndarray | None = None, g=None) -> np.ndarray:
+        """o = [s, 1] [V; c] (+ direct connections of hashes g): S1 (N, H+1) -> (N, K)."""
+        o = np.matmul(S1, self._Vc(flat), out=out)
+        direct = self._direct(0, g)
+        if direct is not None:
+            o += direct
+        return o
 
-    def log_probs(self, flat: np.ndarray, S1: np.ndarray) -> np.ndarray:
+    def probs(self, flat: np.ndarray, S1: np.ndarray, g=None) -> np.ndarray:
+        """p (N, K) for rows S1 (N, H+1) (and n-gram hashes g (N, order) with direct connections)."""
+        return softmax_(self.logits(flat, S1, g=g))
+
+    def log_probs(self, flat: np.ndarray, S1: np.ndarray, g=None) -> np.ndarray:
         """log p (N, K) for rows S1 (N, H+1)."""
-        return log_softmax_(self.logits(flat, S1))
+        return log_softmax_(self.logits(flat, S1, g=g))
 
-    def step_probs(self, flat: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    def step_probs(self, flat: np.ndarray, s1: np.ndarray, g=None) -> np.ndarray:
         """p (B, K) for a few rows s1 (B, H+1): one sampling step."""
-        o = self.logits(flat, s1)
+        o = self.logits(flat, s1, g=g)
         if len(o) == 1:  # one stream (sampling): whole-array reductions are cheaper than per-row ones
             o -= o.max()
             np.exp(o, out=o)
@@ -165,15 +175,19 @@ class FullHead:
             return o
         return softmax_(o)
 
-    def target_log_probs(self, flat: np.ndarray, S1: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def target_log_probs(self, flat: np.ndarray, S1: np.ndarray, y: np.ndarray, g=None) -> np.ndarray:
         """log p[y] (N,), float64, for rows S1 (N, H+1) and targets y (N,)."""
-        return target_log_softmax(self.logits(flat, S1), y)
+        return target_log_softmax(self.logits(flat, S1, g=g), y)
 
-    def loss_and_grad(self, flat, S1, y, total, gflat, work=None) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, flat, S1, y, total, gflat, work=None, g=None, sink=None) -> tuple[float, np.ndarray]:
         """sum(-log p[y]) / total, with the head's gradient written into ``gflat`` (every entry)
-        and dE/ds (N, H) returned. S1 (N, H+1), y (N,). ``work(name, shape)`` gives scratch."""
-        o = self.logits(flat, S1, None if work is None else work("o", (len(S1), self.vocab_size)))
+        and dE/ds (N, H) returned. S1 (N, H+1), y (N,). ``work(name, shape)`` gives scratch.
+        With direct connections, g (N, order) are the n-gram hashes and the tables' sparse
+        gradient is appended to the list ``sink``."""
+        o = self.logits(flat, S1, None if work is None else work("o", (len(S1), self.vocab_size)), g=g)
         loss, do = softmax_cross_entropy_(o, y, total)
+        if self.direct is not None and g is not None:
+            self.direct.add_grad(sink, 0, g, do)
         return loss, self.backward_logits(flat, S1, do, gflat, work)
 
     def backward_logits(self, flat, S1, do, gflat, work=None) -> np.ndarray:
@@ -211,6 +225,7 @@ class ClassHead(FullHead):
         self.where[self.order] = np.arange(K)  # column of V of each token
         self.start = np.concatenate([[0], np.cumsum(sizes)])  # (C+1,)
         self.shapes = {"V": (H, K), "c": (K,), "Q": (H, C), "d": (C,)}
+        self.widths = [C, *sizes.tolist()]  # direct-connection blocks: class logits, then each class
 
     @property
     def num_params(self) -> int:
@@ -239,44 +254,62 @@ class ClassHead(FullHead):
         for cls in np.flatnonzero(np.diff(bounds)):
             yield int(cls), by_class[bounds[cls] : bounds[cls + 1]]
 
-    def log_probs(self, flat: np.ndarray, S1: np.ndarray) -> np.ndarray:
+    def _class_logits(self, flat: np.ndarray, S1: np.ndarray, g=None) -> np.ndarray:
+        """q = [s, 1] [Q; d] (+ direct connections): (N, C)."""
+        q = np.matmul(S1, self._Qd(flat))
+        direct = self._direct(0, g)
+        if direct is not None:
+            q += direct
+        return q
+
+    def _token_logits(self, flat: np.ndarray, S1: np.ndarray, k: int, g=None) -> np.ndarray:
+        """The logits of class k's tokens (+ direct connections): (N, size_k), class order."""
+        o = S1 @ self._Vc(flat)[:, self.start[k] : self.start[k + 1]]
+        direct = self._direct(1 + k, g)
+        if direct is not None:
+            o += direct
+        return o
+
+    def log_probs(self, flat: np.ndarray, S1: np.ndarray, g=None) -> np.ndarray:
         """log p (N, K), token-id order: log softmax(q)[k] + log softmax(o within k)."""
-        logq = log_softmax_(np.matmul(S1, self._Qd(flat)))  # (N, C)
-        o = np.matmul(S1, self._Vc(flat))  # (N, K), class order
+        logq = log_softmax_(self._class_logits(flat, S1, g))  # (N, C)
+        o = np.empty((len(S1), self.vocab_size), dtype=S1.dtype)  # class order
         for k in range(self.num_classes):
-            block = o[:, self.start[k] : self.start[k + 1]]
-            block[...] = log_softmax_(block) + logq[:, k : k + 1]
+            o[:, self.start[k] : self.start[k + 1]] = log_softmax_(self._token_logits(flat, S1, k, g)) + logq[:, k : k + 1]
         return o[:, self.where]
 
-    def probs(self, flat: np.ndarray, S1: np.ndarray) -> np.ndarray:
+    def probs(self, flat: np.ndarray, S1: np.ndarray, g=None) -> np.ndarray:
         """p (N, K), token-id order."""
-        return np.exp(self.log_probs(flat, S1))
+        return np.exp(self.log_probs(flat, S1, g))
 
     step_probs = probs
 
-    def target_log_probs(self, flat: np.ndarray, S1: np.ndarray, y: np.ndarray) -> np.ndarray:
+    def target_log_probs(self, flat: np.ndarray, S1: np.ndarray, y: np.ndarray, g=None) -> np.ndarray:
         """log p[y] (N,), float64, at H (C + class size) per row."""
-        k = self.class_of[y]
-        out = target_log_softmax(np.matmul(S1, self._Qd(flat)), k)
-        Vc = self._Vc(flat)
+        out = target_log_softmax(self._class_logits(flat, S1, g), self.class_of[y])
         for cls, rows in self._groups(y):
-            a, b = self.start[cls], self.start[cls + 1]
-            out[rows] += target_log_softmax(S1[rows] @ Vc[:, a:b], self.where[y[rows]] - a)
+            o = self._token_logits(flat, S1[rows], cls, None if g is None else g[rows])
+            out[rows] += target_log_softmax(o, self.where[y[rows]] - self.start[cls])
         return out
 
-    def loss_and_grad(self, flat, S1, y, total, gflat, work=None) -> tuple[float, np.ndarray]:
+    def loss_and_grad(self, flat, S1, y, total, gflat, work=None, g=None, sink=None) -> tuple[float, np.ndarray]:
         """As ``FullHead.loss_and_grad``, at H (C + class size) per row instead of H K."""
         H = self.hidden_size
         Vc, Qd, gVc, gQd = self._Vc(flat), self._Qd(flat), self._Vc(gflat), self._Qd(gflat)
-        q = np.matmul(S1, Qd)  # (N, C) class logits
+        direct = self.direct if g is not None else None
+        q = self._class_logits(flat, S1, g)  # (N, C) class logits
         loss, dq = softmax_cross_entropy_(q, self.class_of[y], total)
+        if direct is not None:
+            direct.add_grad(sink, 0, g, dq)
         np.matmul(S1.T, dq, out=gQd)  # [dQ; dd] = S1^T dq
         ds = np.matmul(dq, Qd[:H].T, out=None if work is None else work("ds", (len(S1), H)))  # dq Q^T
         gVc[...] = 0.0
         for cls, rows in self._groups(y):
             a, b = self.start[cls], self.start[cls + 1]
-            S_r = S1[rows]  # (n, H+1)
-            loss_k, do = softmax_cross_entropy_(S_r @ Vc[:, a:b], self.where[y[rows]] - a, total)
+            S_r, g_r = S1[rows], None if g is None else g[rows]  # (n, H+1), (n, order)
+            loss_k, do = softmax_cross_entropy_(self._token_logits(flat, S_r, cls, g_r), self.where[y[rows]] - a, total)
+            if direct is not None:
+                direct.add_grad(sink, 1 + cls, g_r, do)
             loss += loss_k
             gVc[:, a:b] = S_r.T @ do  # [dV; dc] of the class's columns
             ds[rows] += do @ Vc[:H, a:b].T

@@ -1,13 +1,11 @@
-"""How many threads the BLAS under NumPy uses, changed at run time, without new dependencies.
+"""How many threads the BLAS under NumPy uses, changed at run time (through ``threadpoolctl``).
 
-NumPy's wheels load an OpenBLAS (``libscipy_openblas64_*.so`` in NumPy 2.x, exporting
-``scipy_openblas_set_num_threads64_``; older or distribution builds export
-``openblas_set_num_threads``). This module finds the BLAS libraries already loaded into the
-process (``/proc/self/maps`` on Linux, NumPy's own library folders elsewhere) and calls their
-thread setter through ``ctypes``. MKL (``MKL_Set_Num_Threads``) and BLIS are handled the same way.
-When no such library is found, ``set_threads`` falls back to the environment variables
-``OPENBLAS_NUM_THREADS``/``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (which reach only processes
-started afterwards) and returns False.
+NumPy's wheels load an OpenBLAS (``libscipy_openblas64_*`` in NumPy 2.x; distributions may link
+MKL or BLIS instead). ``threadpoolctl`` finds the BLAS libraries loaded into the process on Linux,
+macOS and Windows and sets their thread count; ``set_threads`` asks it to. When no BLAS is found,
+``set_threads`` falls back to the environment variables ``OPENBLAS_NUM_THREADS``/
+``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` (which reach only processes started afterwards) and
+returns False.
 
 The second knob, ``set_workers(n)``, is the engine's own: it splits the independent streams of a
 batch over n Python threads (``stream_groups``, ``parallel_map``), each calling the BLAS on its own
@@ -16,8 +14,6 @@ thread. ``default_threads`` says why the BLAS itself stays at one thread by defa
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import os
 import threading
 
@@ -25,66 +21,20 @@ import numpy as np
 
 ENV_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-# (setter, getter) symbol pairs, most specific first. The 64_ suffix marks 64-bit-integer builds.
-_SYMBOLS = (
-    ("scipy_openblas_set_num_threads64_", "scipy_openblas_get_num_threads64_"),
-    ("scipy_openblas_set_num_threads", "scipy_openblas_get_num_threads"),
-    ("openblas_set_num_threads64_", "openblas_get_num_threads64_"),
-    ("openblas_set_num_threads", "openblas_get_num_threads"),
-    ("MKL_Set_Num_Threads", "MKL_Get_Max_Threads"),
-    ("bli_thread_set_num_threads", "bli_thread_get_num_threads"),
-)
-_NAME_HINTS = ("openblas", "mkl_rt", "blis", "libblas")
 
-_handles: dict[str, tuple[object, object] | None] = {}  # path -> (setter, getter), or None if it has none
+def _blas_controller():
+    """threadpoolctl's controller of the BLAS libraries loaded now (NumPy's first), or None."""
+    from threadpoolctl import ThreadpoolController  # here: only commands that train or score need it
 
-
-def _loaded_library_paths() -> list[str]:
-    """Paths of shared libraries loaded in this process whose name looks like a BLAS, NumPy's first."""
-    paths: list[str] = []
-    try:
-        with open("/proc/self/maps") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) >= 6 and fields[5].startswith("/"):
-                    paths.append(fields[5])
-    except OSError:  # not Linux: look where NumPy's wheels keep their bundled libraries
-        root = os.path.dirname(np.__file__)
-        for folder in (root + ".libs", os.path.join(root, ".dylibs")):
-            paths.extend(glob.glob(os.path.join(folder, "*")))
-    names = dict.fromkeys(p for p in paths if any(h in os.path.basename(p).lower() for h in _NAME_HINTS))
-    return sorted(names, key=lambda p: "numpy" not in os.path.dirname(p))  # stable: NumPy's BLAS first
-
-
-def _find_controls() -> list[tuple[str, object, object]]:
-    """(path, setter, getter) for each loaded BLAS that exports a known thread setter."""
-    controls = []
-    for path in _loaded_library_paths():
-        if path not in _handles:
-            _handles[path] = _thread_functions(path)
-        if _handles[path] is not None:
-            controls.append((path, *_handles[path]))
-    return controls
-
-
-def _thread_functions(path: str):
-    """(setter, getter) of the library at ``path`` through ctypes, or None."""
-    try:
-        lib = ctypes.CDLL(path)  # already loaded: this only returns a handle to it
-    except OSError:
-        return None
-    for set_name, get_name in _SYMBOLS:
-        setter, getter = getattr(lib, set_name, None), getattr(lib, get_name, None)
-        if setter is not None and getter is not None:
-            setter.argtypes, setter.restype = [ctypes.c_int], None
-            getter.argtypes, getter.restype = [], ctypes.c_int
-            return setter, getter
-    return None
+    blas = ThreadpoolController().select(user_api="blas")
+    blas.lib_controllers.sort(key=lambda lib: "numpy" not in os.path.dirname(lib.filepath))  # stable
+    return blas if blas.lib_controllers else None
 
 
 def blas_libraries() -> list[str]:
     """Paths of the loaded BLAS libraries whose threads this module controls (may be empty)."""
-    return [path for path, _, _ in _find_controls()]
+    blas = _blas_controller()
+    return [lib.filepath for lib in blas.lib_controllers] if blas else []
 
 
 def set_threads(n: int) -> bool:
@@ -95,21 +45,19 @@ def set_threads(n: int) -> bool:
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"the number of threads must be a positive integer, got {n!r}")
-    controls = _find_controls()
-    for _, setter, _ in controls:
-        setter(int(n))
-    if not controls:
+    blas = _blas_controller()
+    if blas is None:
         for var in ENV_VARS:
             os.environ[var] = str(int(n))
-    return bool(controls)
+        return False
+    blas.limit(limits=int(n))  # stays in force: the limiter is not used as a context manager
+    return True
 
 
 def get_threads() -> int | None:
     """The number of threads the loaded BLAS uses now, or None if none could be asked."""
-    controls = _find_controls()
-    if not controls:
-        return None
-    return int(controls[0][2]())
+    blas = _blas_controller()
+    return int(blas.lib_controllers[0].num_threads) if blas else None
 
 
 def env_threads() -> int | None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -40,6 +40,10 @@ class TrainConfig:
     embedding_size: int | None = None  # E; None: the first layer looks up its input rows directly
     dropout: float = 0.0  # inverted dropout between layers and on the output, in [0, 1)
     dtype: str = "float32"  # float32 (fast) | float64 (for checks)
+    # hashed n-gram direct connections to the output layer (charrnn.direct)
+    direct_order: int = 0  # N: n-grams of orders 1..N; 0 turns them off
+    direct_size: float = 64.0  # MB of float32 table (the Adagrad accumulator takes as much again)
+    direct_lr: float = 0.1  # Adagrad step of the tables (follows the schedule like lr)
     # tokenizer
     level: str = "char"  # char | word
     min_count: int = 1  # tokens seen fewer times map to the unknown id
@@ -99,6 +103,8 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if self.min_count < 1:
             raise ValueError("min-count must be at least 1")
+        if self.direct_order < 0 or self.direct_size <= 0 or self.direct_lr <= 0:
+            raise ValueError("direct-order cannot be negative; direct-size and direct-lr must be positive")
         if self.clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("clip, weight-decay and warmup-steps cannot be negative")
 
@@ -140,11 +146,28 @@ class DivergedError(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
 
 
-def make_model(config: TrainConfig, vocab_size: int) -> Model:
-    """A freshly initialized model for ``config``."""
+def make_model(config: TrainConfig, vocab_size: int, counts: np.ndarray | None = None) -> Model:
+    """A freshly initialized model for ``config``; ``counts`` (K,), the training split's token
+    counts, size the direct connections' tables of a class-factored head by how often each
+    class is the target."""
     from charrnn.cells import build_model
 
-    return build_model(config.model_config(vocab_size), seed=config.seed, dtype=DTYPES[config.dtype])
+    model_config = config.model_config(vocab_size)
+    if config.direct_order:
+        model_config["direct"] = direct_config(config, model_config, counts)
+    return build_model(model_config, seed=config.seed, dtype=DTYPES[config.dtype])
+
+
+def direct_config(config: TrainConfig, model_config: dict, counts: np.ndarray | None) -> dict:
+    """{"order", "rows"} of the direct connections for a model config (without them)."""
+    from charrnn.direct import plan_rows
+    from charrnn.output import make_head
+
+    head = make_head(model_config["vocab_size"], model_config["hidden_size"], model_config)
+    masses = None
+    if head.kind == "classes" and counts is not None:
+        masses = np.bincount(head.class_of, weights=np.asarray(counts, dtype=np.float64), minlength=head.num_classes)
+    return {"order": int(config.direct_order), "rows": plan_rows(head.widths, config.direct_size, masses)}
 
 
 def validation_bpc(model: Model, ids: np.ndarray, seq_len: int, max_tokens: int, num_streams: int = 64) -> float:
@@ -184,6 +207,8 @@ class Trainer:
     # data parallelism: average the flat gradient in place across processes and return the mean
     # loss (an MPI allreduce); and which of the batch's streams this process owns
     reduce_gradient: Callable[[np.ndarray, float], float] | None = None
+    # and the direct connections' sparse gradient, summed over processes: {j: (rows, dD)}
+    reduce_direct: Callable | None = None
     streams: slice = field(default_factory=lambda: slice(None))
     # (charrnn.distributed sets these too) every process's (reason to stop, fraction of the
     # budget done) -> the pair they all share, so that they end at the same step and follow the
@@ -195,6 +220,7 @@ class Trainer:
     gather_checkpoint: Callable[[Checkpoint], Checkpoint | None] | None = None
     score_validation: Callable[[Model, np.ndarray, int, int], float] | None = None
     restored_meta: dict | None = field(default=None, repr=False)  # of the checkpoint restored
+    notes: list[str] = field(default_factory=list)  # one-line notices for the user (``prepare``'s)
     dropout_rng: np.random.Generator | None = field(default=None, repr=False)
 
     def __post_init__(self):
@@ -212,6 +238,8 @@ class Trainer:
         """The whole state of the run as a checkpoint."""
         opt_state = self.optimizer.state_dict()
         arrays = {"state": self.s.copy()}
+        if self.model.direct is not None:  # the tables travel with the model; their Adagrad sums here
+            arrays["direct.accum"] = self.model.direct.accum.copy()
         arrays.update({f"optimizer.{k}": v for k, v in opt_state.pop("buffers").items()})
         meta = {
             "train_config": asdict(self.config),
@@ -232,6 +260,11 @@ class Trainer:
         ``data_too`` (False for fine-tuning on another corpus)."""
         meta = self.restored_meta = ckpt.meta
         self.model.theta[...] = ckpt.model.theta
+        if self.model.direct is not None:
+            self.model.direct.table[...] = ckpt.model.direct.table
+            accum = ckpt.arrays.get("direct.accum")
+            if accum is not None and accum.shape == self.model.direct.accum.shape:
+                self.model.direct.accum[...] = accum
         opt = dict(meta["optimizer"])
         opt["buffers"] = {k.split(".", 1)[1]: v for k, v in ckpt.arrays.items() if k.startswith("optimizer.")}
         if opt.get("name") == self.optimizer.name:
@@ -288,6 +321,10 @@ class Trainer:
             decay_rate=c.decay_rate, decay_every=c.decay_every, progress=self.schedule_progress,
         )
         self.optimizer.step(self.model.theta, g, lr)
+        if self.model.direct is not None:  # the tables' own sparse step, on the schedule of lr
+            direct = self.model.direct
+            grads = direct.sparse_grad() if self.reduce_direct is None else self.reduce_direct(direct)
+            direct.update(c.direct_lr * lr / c.lr, grads)
         self.s = s_last
         self.chunk += 1
         self.step += 1
@@ -439,16 +476,21 @@ def prepare(
     fine_tune: bool = False,
     encoding_errors: str = "strict",
     stdin=None,
+    fit: Collection[str] | None = None,
 ) -> Trainer:
     """Everything before the first step: read the corpus, build or restore the run.
 
     A new run builds the vocabulary from the corpus. ``resume`` continues the store's latest
     checkpoint exactly, and refuses a different corpus (by its SHA-256) unless ``fine_tune``,
     which keeps the model and its vocabulary and starts reading the new corpus from the top.
-    Raises ValueError (CorpusError, CheckpointError) with a one-line reason.
+    ``fit`` names the settings (of ``charrnn.data.FITTED``: batch_size, seq_len, val_fraction)
+    that may shrink to a text too short for them (``charrnn.data.fit_to_text``; the others, chosen
+    by the user, are named in the error if they do not fit; None: no fitting, and resuming keeps
+    the run's own); ``trainer.notes`` then says what changed. Raises ValueError (CorpusError,
+    CheckpointError) with a one-line reason.
     """
     from charrnn.corpus import encode_cached, scan
-    from charrnn.data import split_train_val
+    from charrnn.data import fit_to_text, split_train_val
 
     config.validate()
     ckpt = None
@@ -458,7 +500,8 @@ def prepare(
         ckpt = store.load(prefer="latest")
         saved = TrainConfig.from_dict(ckpt.meta.get("train_config", {}))
         # the architecture and vocabulary come from the checkpoint, the run's limits from now
-        for name in ("cell", "hidden_size", "num_layers", "embedding_size", "dtype", "level", "min_count", "max_vocab"):
+        for name in ("cell", "hidden_size", "num_layers", "embedding_size", "dtype", "level", "min_count", "max_vocab",
+                     "direct_order", "direct_size"):
             setattr(config, name, getattr(saved, name))
         if not fine_tune:
             for name in ("batch_size", "seq_len", "val_fraction", "seed"):
@@ -478,9 +521,18 @@ def prepare(
         tokenizer = Tokenizer.from_counts(corpus.counts, config.level, config.min_count, config.max_vocab)
     cache = store.directory / "cache" if store is not None else None
     ids = encode_cached(corpus, tokenizer, cache)
+    note = None
+    if fit is not None and not (resume and not fine_tune):
+        unit = "characters" if config.level == "char" else "words"
+        config.batch_size, config.seq_len, config.val_fraction, note = fit_to_text(
+            len(ids), config.batch_size, config.seq_len, config.val_fraction, tuple(fit), unit
+        )
     train_ids, val_ids = split_train_val(ids, config.val_fraction)
-    model = ckpt.model if ckpt is not None else make_model(config, tokenizer.vocab_size)
+    counts = np.bincount(train_ids, minlength=tokenizer.vocab_size) if ckpt is None else None
+    model = ckpt.model if ckpt is not None else make_model(config, tokenizer.vocab_size, counts)
     trainer = Trainer(config, model, tokenizer, train_ids, val_ids, store=store, corpus=corpus.describe())
+    if note:
+        trainer.notes.append(note)
     if ckpt is not None:
         trainer.restore(ckpt, data_too=not fine_tune)
         if fine_tune:  # scores on the old corpus say nothing about the new one

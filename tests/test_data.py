@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from charrnn.data import Batches, split_train_val, stream_chunks
+from charrnn.data import MIN_TOKENS, Batches, fit_to_text, split_train_val, stream_chunks
 
 
 def test_streams_are_contiguous_across_chunks():
@@ -65,3 +65,37 @@ def test_stream_chunks_score_every_prediction_once(n, B, T):
     targets = np.concatenate([y.ravel() for _, y in stream_chunks(ids, B, T)])
     assert sorted(seen.tolist()) == list(range(n - 1))
     assert sorted(targets.tolist()) == list(range(1, n))
+
+
+def test_fit_to_text_leaves_settings_that_fit_alone():
+    assert fit_to_text(3000, 32, 64, 0.1) == (32, 64, 0.1, None)
+
+
+def test_fit_to_text_shrinks_what_it_may():
+    B, T, vf, note = fit_to_text(45, 32, 64, 0.1, unit="characters")
+    assert (B, T, vf) == (1, 44, 0.0) and B * T + 1 <= 45
+    assert note == ("the text is short (45 characters): training with batch size 1 instead of 32, "
+                    "sequence length 44 instead of 64, no validation part (too short to hold one out)")
+    B, T, vf, note = fit_to_text(200, 32, 64, 0.1)  # room for a validation part of 20: kept
+    assert (B, T, vf) == (2, 64, 0.1) and B * T + 1 <= 180 and "20 tokens held out for validation" in note
+    assert fit_to_text(7, 32, 64, 0.1)[:3] == (1, 6, 0.0)
+    assert fit_to_text(MIN_TOKENS, 32, 64, 0.1)[:3] == (1, MIN_TOKENS - 1, 0.0)
+
+
+def test_fit_to_text_never_changes_a_given_setting():
+    B, T, vf, _ = fit_to_text(45, 8, 64, 0.1, adjustable=("seq_len", "val_fraction"))
+    assert B == 8 and T == 5 and vf == 0.0
+    B, T, vf, _ = fit_to_text(45, 32, 16, 0.1, adjustable=("batch_size", "val_fraction"))
+    assert (B, T, vf) == (2, 16, 0.0)
+    with pytest.raises(ValueError, match=r"with --batch-size 8 and --seq-len 16; give smaller values"):
+        fit_to_text(45, 8, 16, 0.1, adjustable=("val_fraction",))
+    with pytest.raises(ValueError, match=r"with --batch-size 50;"):
+        fit_to_text(45, 50, 64, 0.1, adjustable=("seq_len", "val_fraction"))
+    with pytest.raises(ValueError, match=r"with --seq-len 64 and --val-fraction 0.5 \(holding out 50\);"):
+        fit_to_text(100, 32, 64, 0.5, adjustable=("batch_size",))
+
+
+def test_fit_to_text_refuses_a_handful_of_tokens():
+    for n in range(MIN_TOKENS):
+        with pytest.raises(ValueError, match=f"the text has {n} characters, too few to learn from; a text to train on needs at least {MIN_TOKENS} characters"):
+            fit_to_text(n, 32, 64, 0.1, unit="characters")

@@ -105,6 +105,7 @@ def launch(spec: dict, tmp_path: Path, ranks: int = 2, timeout: float = 60) -> s
 # -- tests with MPI -------------------------------------------------------------------------------
 
 CONFIG = {"hidden_size": 32, "seq_len": 32, "batch_size": 16, "eval_every": 5, "save_every": 5, "lr": 0.01}  # 10 chunks an epoch
+DIRECT = {"direct_order": 3, "direct_size": 0.25}  # with hashed n-gram direct connections
 
 
 @pytest.fixture(scope="module")
@@ -115,9 +116,9 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mpi")
     corpus = tmp / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
-    for name, steps in (("two24", 24), ("two12", 12)):
+    for name, steps, extra in (("two24", 24, {}), ("two12", 12, {}), ("direct24", 24, DIRECT)):
         spec = {
-            "corpus": [str(corpus)], "store": str(tmp / name), "config": dict(CONFIG, steps=steps),
+            "corpus": [str(corpus)], "store": str(tmp / name), "config": dict(CONFIG, steps=steps, **extra),
             "out": str(tmp / f"{name}.npy"), "distributed": None,  # detected from mpiexec's variables
         }
         result = launch(spec, tmp)
@@ -125,11 +126,11 @@ def runs(tmp_path_factory):
     return tmp
 
 
-def one_process(runs, name, steps, resume=False):
+def one_process(runs, name, steps, resume=False, **extra):
     from charrnn.checkpoint import ModelStore
     from charrnn.train import TrainConfig, prepare
 
-    trainer = prepare(TrainConfig(**dict(CONFIG, steps=steps)), [str(runs / "corpus.txt")], ModelStore(runs / name), resume=resume)
+    trainer = prepare(TrainConfig(**dict(CONFIG, steps=steps, **extra)), [str(runs / "corpus.txt")], ModelStore(runs / name), resume=resume)
     records = list(trainer.run())
     assert records[-1].reason == "steps"
     return trainer
@@ -159,6 +160,17 @@ def test_two_ranks_give_the_weights_of_one_rank(runs):
         [h["val_bpc"] for h in two.meta["history"]], [h["val_bpc"] for h in one.history], rtol=1e-5
     )
     np.testing.assert_array_equal(np.load(runs / "two24.npy"), two.model.theta)
+
+
+@needs_mpi
+def test_two_ranks_train_the_direct_connections_of_one_rank(runs):
+    """Each rank sends only the table rows its streams touched; the tables stay identical."""
+    one = one_process(runs, "direct-one24", 24, **DIRECT)
+    two = latest(runs / "direct24")
+    assert two.model.direct is not None and np.count_nonzero(two.model.direct.table) > 0
+    np.testing.assert_allclose(two.model.theta, one.model.theta, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(two.model.direct.table, one.model.direct.table, rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(two.arrays["direct.accum"], one.model.direct.accum, rtol=1e-3, atol=1e-9)
 
 
 @needs_mpi

@@ -75,3 +75,20 @@ def test_default_step_size_follows_the_cell():
     assert default_lr(build_model({"cell": "lstm", "vocab_size": 5, "hidden_size": 4})) == 1e-3
     updater = DynamicUpdater(RNN(5, 4), DynamicConfig())
     assert updater.config.lr == 1e-4
+
+
+def test_dynamic_evaluation_updates_the_direct_connections():
+    """A text that repeats itself: the n-gram tables learn it as it is read, and score it better."""
+    from charrnn.cells import build_model
+    from charrnn.dynamic import DynamicConfig, dynamic_evaluate
+    from charrnn.evaluate import evaluate
+
+    rng = np.random.default_rng(0)
+    phrase = rng.integers(1, 20, 37)
+    ids = np.tile(phrase, 30)
+    m = build_model({"cell": "rnn", "vocab_size": 20, "hidden_size": 8, "direct": {"order": 3, "rows": [512]}}, seed=1)
+    static = evaluate(m, None, ids, num_streams=1)
+    table = m.direct.table.copy()
+    dynamic = dynamic_evaluate(m, None, ids, DynamicConfig())
+    assert np.count_nonzero(m.direct.table - table) > 0
+    assert dynamic["bits_per_char"] < static["bits_per_char"] - 1.0

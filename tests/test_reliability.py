@@ -264,7 +264,7 @@ CASES = [
     Case("corpus is a directory", train(lambda m, t: t), 1, r"corpus is a directory, not a file"),
     Case("corpus empty", train(corpus_file(b"")), 1, r"corpus is empty"),
     Case("corpus whitespace only", train(corpus_file(" \n\t\n  \r\n")), 1, r"corpus holds only whitespace"),
-    Case("corpus shorter than a batch", train(corpus_file("我喜欢学习数学。")), 1, r"the text has \d tokens, fewer than one batch needs \(129 = batch size 8 x sequence length 16 \+ 1\)"),
+    Case("corpus shorter than a batch", train(corpus_file("我喜欢学习数学。")), 1, r"the text has \d characters, fewer than one batch needs \(129 = batch size 8 x sequence length 16 \+ 1\) with --batch-size 8 and --seq-len 16; give smaller values, or leave them out to have them fitted to the text"),
     Case("corpus not UTF-8", train(corpus_file(BAD_UTF8)), 1, r"corpus\.txt is not valid UTF-8 \(byte offset 9\); use --encoding-errors replace to go on anyway"),
     Case("corpus not UTF-8, late", train(corpus_file(TEXT.encode() + b"\xc0")), 1, rf"not valid UTF-8 \(byte offset {len(TEXT.encode())}\)"),
     Case("corpus binary (NUL bytes)", train(corpus_file(b"PK\x03\x04\x00\x00binary")), 1, r"looks like a binary file \(NUL byte at byte offset 4\), not text"),

@@ -70,7 +70,7 @@ def test_default_is_one_thread_unless_the_user_says(monkeypatch):
 
 
 def test_without_a_blas_the_environment_is_the_fallback(monkeypatch):
-    monkeypatch.setattr(threads, "_find_controls", list)
+    monkeypatch.setattr(threads, "_blas_controller", lambda: None)
     for var in threads.ENV_VARS:
         monkeypatch.delenv(var, raising=False)
     assert threads.set_threads(3) is False

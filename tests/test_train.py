@@ -191,3 +191,35 @@ def test_auto_schedule_is_cosine_over_time_and_constant_over_steps(corpus):
     assert prepare(small_config(epochs=1.0, schedule="exponential"), [corpus], None).schedule == "exponential"
     with pytest.raises(ValueError, match="schedule"):
         small_config(schedule="linear").validate()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_resume_is_exact_with_direct_connections(tmp_path, corpus, workers):
+    """The n-gram tables, their Adagrad sums and the token history in the state all resume."""
+    from charrnn import threads
+
+    cfg = dict(batch_size=16, seq_len=32, direct_order=3, direct_size=0.25)
+    threads.set_workers(workers)
+    try:
+        one = prepare(small_config(steps=14, **cfg), [corpus], ModelStore(tmp_path / "one"))
+        run(one)
+        run(prepare(small_config(steps=7, **cfg), [corpus], ModelStore(tmp_path / "two")))
+        resumed = prepare(small_config(steps=7, **cfg), [corpus], ModelStore(tmp_path / "two"), resume=True)
+        run(resumed)
+    finally:
+        threads.set_workers(1)
+    assert one.model.direct is not None and np.count_nonzero(one.model.direct.table) > 0
+    np.testing.assert_array_equal(resumed.model.theta, one.model.theta)
+    np.testing.assert_array_equal(resumed.model.direct.table, one.model.direct.table)
+    np.testing.assert_array_equal(resumed.model.direct.accum, one.model.direct.accum)
+    np.testing.assert_array_equal(resumed.s, one.s)
+
+
+def test_direct_connections_lower_the_validation_loss(tmp_path, corpus):
+    """Same steps, same network: the n-gram tables help from the first minute."""
+    plain = prepare(small_config(steps=60, eval_every=60, save_every=0, hidden_size=16), [corpus], None)
+    direct = prepare(small_config(steps=60, eval_every=60, save_every=0, hidden_size=16, direct_order=4, direct_size=1),
+                     [corpus], None)
+    bpc_plain = [r for r in run(plain) if r.event == "eval"][-1].val_bpc
+    bpc_direct = [r for r in run(direct) if r.event == "eval"][-1].val_bpc
+    assert bpc_direct < bpc_plain - 0.1
