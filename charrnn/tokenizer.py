@@ -20,8 +20,11 @@ before it*, as GPT-2's pre-tokenizer does, so that a model predicts words (``" l
 * a CJK ideograph or a kana, alone and without a space (Chinese and Japanese use no spaces, so
   a run would glue words together; a space before one is a token of its own);
 * any other character (punctuation, symbols, emoji code points), with one optional space;
-* a run of whitespace, less its last space when that space belongs to the next token:
-  ``"a  b"`` is ``"a" " " " b"``; newlines stay tokens of their own (``"\n"``, ``"\n\n"``).
+* a line end: a newline with the spaces and tabs before it (``"\\n"``, ``" \\n"``); a blank
+  line is a token of its own, so no token spans a line end and a text read line by line splits
+  as the whole;
+* a run of other whitespace, less its last space when that space belongs to the next token:
+  ``"a  b"`` is ``"a" " " " b"``.
 
 Every character belongs to exactly one token, so ``"".join(split_words(text)) == text`` and
 ``decode(encode(text)) == text`` whenever every token of ``text`` is in the vocabulary. A token
@@ -87,7 +90,8 @@ def _word_re_v2() -> re.Pattern:
         rf"| ?\d"  # one digit
         rf"|[{ideo}]"  # one ideograph or kana
         rf"| ?[^\s{ideo}]"  # any other character
-        rf"|\s+(?= [^\s{ideo}])|\s+",  # whitespace, leaving a last space to the next token
+        rf"|[^\S\n]*\n"  # the end of a line, with the spaces before it: a token never spans a line end
+        rf"|[^\S\n]+(?= [^\s{ideo}])|[^\S\n]+",  # other whitespace, leaving a last space to the next token
         re.DOTALL,
     )
 

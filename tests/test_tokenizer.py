@@ -91,8 +91,9 @@ def test_word_level_attaches_the_space_before_a_word_to_it():
 def test_word_level_whitespace_runs_and_newlines():
     assert split_words("a  b") == ["a", " ", " b"]  # the last space goes with the word
     assert split_words("a\nb") == ["a", "\n", "b"]  # a newline is never glued to a word
-    assert split_words("a.\n\nThe end") == ["a", ".", "\n\n", "The", " end"]
-    assert split_words("a\n  b") == ["a", "\n ", " b"]
+    assert split_words("a.\n\nThe end") == ["a", ".", "\n", "\n", "The", " end"]  # one token per line end
+    assert split_words("a\n  b") == ["a", "\n", " ", " b"]
+    assert split_words("a \r\n\t\n") == ["a", " \r\n", "\t\n"]
     assert split_words("a \tb \n") == ["a", " \t", "b", " \n"]
     assert split_words("end ") == ["end", " "]
 
@@ -222,6 +223,15 @@ def test_text_cut_at_a_token_boundary_splits_as_the_whole(text, data):
     cut2 = token_boundary(head)
     for split in (split_words, split_words_v1):
         assert split(text[:cut2]) + split(text[cut2:]) == split(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(wordy)
+def test_text_read_line_by_line_splits_as_the_whole(text):
+    """No token spans a line end, so scoring or predicting line by line sees the tokens of the whole."""
+    lines = text.split("\n")
+    pieces = [line + "\n" for line in lines[:-1]] + [lines[-1]]
+    assert [w for piece in pieces for w in split_words(piece)] == split_words(text)
 
 
 @pytest.mark.parametrize("text", [ENGLISH, CHINESE, MIXED])
