@@ -487,9 +487,9 @@ def _run_training(trainer, quiet: bool) -> None:
                 if record.event == "save":
                     saved = record
                 if bar is not None:
-                    _update_bar(bar, record)
+                    _update_bar(bar, record, c.level)
                 elif not quiet and record.event == "eval":
-                    click.echo(_progress_line(record), err=True)
+                    click.echo(_progress_line(record, c.level), err=True)
     except DivergedError as error:
         raise click.ClickException(f"{error}{kept()}") from None
     except NonFiniteWeightsError:  # the update overflowed: the loss would be NaN at the next step
@@ -526,15 +526,21 @@ def _describe_run(trainer, quiet: bool) -> None:
     )
 
 
-def _progress_line(r) -> str:
-    val = f"  val {r.val_bpc:.4f} bpc" if r.val_bpc is not None else ""
-    return f"step {r.step:>7}  loss {r.train_loss:.4f} nats{val}  {r.tokens_per_sec:,.0f} chars/s  {r.elapsed:.0f}s"
+def _per_token(level: str) -> str:
+    """The unit of a figure in bits per token: "bpc" for characters, "bits/word" for words."""
+    return "bpc" if level == "char" else f"bits/{level}"
 
 
-def _update_bar(bar, r) -> None:
-    val = f" val {r.val_bpc:.3f} bpc" if r.val_bpc is not None else ""
+def _progress_line(r, level: str) -> str:
+    # validation is scored per token: bits per character at the char level, per word at the word level
+    val = f"  val {r.val_bpc:.4f} {_per_token(level)}" if r.val_bpc is not None else ""
+    return f"step {r.step:>7}  loss {r.train_loss:.4f} nats{val}  {r.tokens_per_sec:,.0f} {level}s/s  {r.elapsed:.0f}s"
+
+
+def _update_bar(bar, r, level: str) -> None:
+    val = f" val {r.val_bpc:.3f} {_per_token(level)}" if r.val_bpc is not None else ""
     loss = f" loss {r.train_loss:.3f}" if r.train_loss is not None else ""
-    bar.set_description_str(f"step {r.step}{loss}{val} {r.tokens_per_sec:,.0f} chars/s", refresh=False)
+    bar.set_description_str(f"step {r.step}{loss}{val} {r.tokens_per_sec:,.0f} {level}s/s", refresh=False)
     if r.fraction_done is not None:
         bar.update(int(r.fraction_done * 1000) - bar.n)
 
@@ -621,9 +627,11 @@ def sample(model_path, seed_text, seed_file, length, temperature, top_k, top_p, 
 def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, dynamic_lr):
     """Score the model on FILES (- for standard input): loss, bits per character, perplexity, accuracy.
 
-    The first character is not scored (nothing precedes it). Characters outside the vocabulary are
-    scored as the unknown token and counted under "unknown". With --dynamic the model keeps
-    learning from the text as it reads it (each chunk is scored before it is learned from).
+    The first token is not scored (nothing precedes it). Tokens outside the vocabulary are scored
+    as the unknown token and counted under "unknown". Bits per character count the characters of
+    the text, at either level, so word and char models compare; loss, perplexity and accuracy are
+    per token (per word for a word model). With --dynamic the model keeps learning from the text
+    as it reads it (each chunk is scored before it is learned from).
     """
     from charrnn.corpus import encode_cached, scan
     from charrnn.evaluate import evaluate as score
@@ -635,34 +643,39 @@ def evaluate(files, model_path, as_json, num_streams, encoding_errors, dynamic, 
         stdin=_stdin_bytes() if "-" in files else None,
     )
     ids = encode_cached(corpus, tok, None)
+    texts = corpus.texts()
+    scored_chars = corpus.num_chars - len(tok.first_token(next(texts)))  # the first token is not scored
+    texts.close()
     if dynamic:
         from charrnn.dynamic import DynamicConfig
 
         config = DynamicConfig() if dynamic_lr is None else DynamicConfig(lr=dynamic_lr)
-        result = _dynamic(ckpt, ids, config, "dynamic evaluation", "use a smaller --dynamic-lr")
+        result = _dynamic(ckpt, ids, config, "dynamic evaluation", "use a smaller --dynamic-lr", scored_chars)
     elif dynamic_lr is not None:
         raise click.UsageError("--dynamic-lr needs --dynamic")
     else:
         from charrnn.threads import default_workers, set_workers
 
         set_workers(default_workers(getattr(ckpt.model, "hidden_size", 1), num_streams))
-        result = score(ckpt.model, tok, ids, num_streams=num_streams)
+        result = score(ckpt.model, tok, ids, num_streams=num_streams, scored_chars=scored_chars)
     unit = tok.level
-    if result["unknown_chars"]:
-        share = 100 * result["unknown_chars"] / result["chars"]
-        _warn(f"{result['unknown_chars']:,} scored {unit}s ({share:.1f}%) are not in the vocabulary; they count as the unknown token")
+    if result["unknown_tokens"]:
+        share = 100 * result["unknown_tokens"] / result["tokens"]
+        _warn(f"{result['unknown_tokens']:,} scored {unit}s ({share:.1f}%) are not in the vocabulary; they count as the unknown token")
     if as_json:
         out = {**result, "files": list(files), "checkpoint": str(ckpt.path), "level": unit}
         click.echo(json.dumps(out, ensure_ascii=False))
         return
     rows = [
         ("loss", f"{result['loss_nats']:.4f} nats/{unit}"),
-        (f"bits/{unit}", f"{result['bits_per_char']:.4f}"),
-        ("perplexity", f"{result['perplexity']:.3f}"),
+        ("bits/char", f"{result['bits_per_char']:.4f}"),
+        *([(f"bits/{unit}", f"{result['bits_per_token']:.4f}")] if unit != "char" else []),
+        ("perplexity", f"{result['perplexity']:.3f}" + (f" (per {unit})" if unit != "char" else "")),
         ("top-1", f"{100 * result['accuracy_top1']:.2f}%"),
         ("top-5", f"{100 * result['accuracy_top5']:.2f}%"),
-        (f"{unit}s", f"{result['chars']:,} scored"),
-        ("unknown", f"{result['unknown_chars']:,}"),
+        (f"{unit}s", f"{result['tokens']:,} scored"),
+        *([("chars", f"{result['chars']:,} scored")] if unit != "char" else []),
+        ("unknown", f"{result['unknown_tokens']:,}" + (f" {unit}s ({result['unknown_chars']:,} chars)" if unit != "char" else "")),
     ]
     for name, value in rows:
         click.echo(f"{name:<11} {value}")
@@ -843,21 +856,23 @@ def _adapt(ckpt, text: str, where: str) -> None:
     """Dynamic evaluation over ``text``: the model's weights adapt to it (in memory only)."""
     from charrnn.dynamic import DynamicConfig
 
-    ids = ckpt.tokenizer.encode(text)
+    tok = ckpt.tokenizer
+    ids = tok.encode(text)
     if len(ids) < 2:
-        raise click.ClickException(f"{where} is too short to learn from (it needs at least 2 {ckpt.tokenizer.level}s)")
-    result = _dynamic(ckpt, ids, DynamicConfig(), f"adapting to {where}", "run without it")
-    _warn_info(f"adapted to {where}: {result['chars']:,} {ckpt.tokenizer.level}s at {result['bits_per_char']:.3f} bits each")
+        raise click.ClickException(f"{where} is too short to learn from (it needs at least 2 {tok.level}s)")
+    scored_chars = len(text) - len(tok.first_token(text))
+    result = _dynamic(ckpt, ids, DynamicConfig(), f"adapting to {where}", "run without it", scored_chars)
+    _warn_info(f"adapted to {where}: {result['tokens']:,} {tok.level}s at {result['bits_per_token']:.3f} bits each")
 
 
-def _dynamic(ckpt, ids, config, what: str, hint: str) -> dict:
+def _dynamic(ckpt, ids, config, what: str, hint: str, scored_chars: int | None = None) -> dict:
     """Dynamic evaluation; a one-line error (not NaN results and NumPy warnings) if it diverges."""
     import numpy as np
 
     from charrnn.dynamic import dynamic_evaluate
 
     with np.errstate(all="ignore"):
-        result = dynamic_evaluate(ckpt.model, ckpt.tokenizer, ids, config)
+        result = dynamic_evaluate(ckpt.model, ckpt.tokenizer, ids, config, scored_chars)
     if not (math.isfinite(result["loss_nats"]) and np.isfinite(ckpt.model.theta).all()):
         raise click.ClickException(f"{what} diverged (the loss or the weights became NaN or infinite); {hint}")
     return result
@@ -949,8 +964,10 @@ def info(model_path, as_json):
         click.echo(json.dumps(summary, ensure_ascii=False))
         return
     layers = config.get("num_layers", 1)
-    preview_sep = " " if tok.level == "word" else ""
-    preview = preview_sep.join(_show(t) for t in vocab[:60]) + (" ..." if len(vocab) > 60 else "")
+    if tok.level == "word":  # quoted, since a word carries the space before it
+        preview = " ".join(_quote(t) for t in vocab[:30]) + (" ..." if len(vocab) > 30 else "")
+    else:
+        preview = "".join(_show(t) for t in vocab[:60]) + (" ..." if len(vocab) > 60 else "")
     lines = [
         ("checkpoint", f"{ckpt.path}"),
         ("model", f"{config.get('cell', 'rnn')}, {layers} layer{'s' if layers != 1 else ''} of {config['hidden_size']} units, {model.dtype.name}"),

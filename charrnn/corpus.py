@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn.checkpoint import atomic_file
-from charrnn.tokenizer import Tokenizer, count_tokens
+from charrnn.tokenizer import Tokenizer, count_tokens, token_boundary
 
 CHUNK_BYTES = 8 << 20  # read and encode 8 MiB at a time
 ENCODING_ERRORS = ("strict", "replace", "ignore")
@@ -108,7 +108,9 @@ def iter_texts(
 
     UTF-8 errors raise CorpusError naming the file and the byte offset (unless
     ``encoding_errors`` is "replace" or "ignore"); a NUL byte marks a binary file. For word
-    level, pieces are cut after whitespace so that no word is split between two pieces.
+    level, pieces are cut at a token boundary (``charrnn.tokenizer.token_boundary``: before the
+    whitespace that ends a word, or at an ideograph), so that the pieces split into the same
+    tokens as the whole text.
     ``on_bytes`` (a hash's ``update``) sees every raw chunk, so one reading both decodes and
     hashes.
     """
@@ -141,7 +143,7 @@ def iter_texts(
                     ) from None
                 offset += len(raw)
                 if level == "word" and text:
-                    text, carry = _cut_after_whitespace(carry + text, final=not raw)
+                    text, carry = _cut_at_token_boundary(carry + text, final=not raw)
                 if text:
                     yield text
                 if not raw:
@@ -150,13 +152,12 @@ def iter_texts(
         yield carry
 
 
-def _cut_after_whitespace(text: str, final: bool) -> tuple[str, str]:
+def _cut_at_token_boundary(text: str, final: bool) -> tuple[str, str]:
+    """(the piece to yield now, the rest to carry into the next one)."""
     if final:
         return text, ""
-    cut = max(text.rfind(" "), text.rfind("\n"))
-    if cut < 0:
-        return "", text
-    return text[: cut + 1], text[cut + 1 :]
+    cut = token_boundary(text)
+    return text[:cut], text[cut:]
 
 
 def scan(names: list[str], level: str = "char", encoding_errors: str = "strict", stdin=None) -> Corpus:

@@ -99,8 +99,11 @@ class DynamicUpdater:
             theta += c.decay * (self.theta0 - theta)
 
 
-def dynamic_evaluate(model, tokenizer, ids: np.ndarray, config: DynamicConfig | None = None) -> dict:
-    """Score ``ids`` (N,) with dynamic evaluation; the same metrics as ``evaluate``.
+def dynamic_evaluate(
+    model, tokenizer, ids: np.ndarray, config: DynamicConfig | None = None, scored_chars: int | None = None
+) -> dict:
+    """Score ``ids`` (N,) with dynamic evaluation; the same metrics as ``evaluate`` (``scored_chars``
+    as there).
 
     ``model``'s weights change as it reads (pass a copy to keep the original); the returned dict
     has the keys of ``charrnn.evaluate.METRICS`` plus ``dynamic_updates``.
@@ -108,7 +111,8 @@ def dynamic_evaluate(model, tokenizer, ids: np.ndarray, config: DynamicConfig | 
     config = config or DynamicConfig()
     updater = DynamicUpdater(model, config)
     metrics = evaluate(
-        model, tokenizer, ids, num_streams=config.num_streams, seq_len=config.seq_len, after_chunk=updater
+        model, tokenizer, ids, num_streams=config.num_streams, seq_len=config.seq_len,
+        scored_chars=scored_chars, after_chunk=updater,
     )
     metrics["dynamic_updates"] = updater.updates
     return metrics

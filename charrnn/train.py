@@ -194,13 +194,17 @@ def direct_config(config: TrainConfig, model_config: dict, counts: np.ndarray | 
 
 
 def validation_bpc(model: Model, ids: np.ndarray, seq_len: int, max_tokens: int, num_streams: int = 64) -> float:
-    """Bits per token of ``model`` on ``ids`` (forward only, state carried across chunks)."""
+    """Bits per token of ``model`` on ``ids`` (forward only, state carried across chunks).
+
+    Per token, not per character (the name is historical): for a word-level model, bits per
+    word. That is all early stopping and the best checkpoint need.
+    """
     from charrnn.evaluate import evaluate
 
     if len(ids) < 2:
         return float("nan")
     ids = ids[: max_tokens + 1]
-    return float(evaluate(model, None, ids, num_streams=num_streams, seq_len=max(seq_len, 128))["bits_per_char"])
+    return float(evaluate(model, None, ids, num_streams=num_streams, seq_len=max(seq_len, 128))["bits_per_token"])
 
 
 @dataclass

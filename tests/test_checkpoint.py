@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,8 @@ from charrnn.model import RNN
 from charrnn.tokenizer import Tokenizer
 
 from samples import MIXED
+
+OLD_WORD_MODEL = Path(__file__).parent / "data" / "word-scheme1.npz"  # see tests/data/README.md
 
 
 def make_ckpt(step=7, H=8, dtype=np.float32):
@@ -211,3 +214,22 @@ def test_loading_does_not_initialize_the_model(tmp_path, monkeypatch):
     monkeypatch.setattr(RNN, "initialize", lambda self, rng: calls.append(rng))
     back = load_checkpoint(tmp_path / "a.npz")
     assert calls == [] and np.abs(back.model.theta).sum() > 0
+
+
+def test_a_word_checkpoint_saved_before_schemes_keeps_its_splitting(tmp_path):
+    ckpt = load_checkpoint(OLD_WORD_MODEL)
+    assert "scheme" not in ckpt.meta["tokenizer"]  # written by the old code
+    tok = ckpt.tokenizer
+    assert tok.level == "word" and tok.scheme == 1
+    assert [tok.tokens[i] for i in tok.encode("the cat sat.")] == ["the", " ", "cat", " ", "sat", "."]
+    save_checkpoint(tmp_path / "again.npz", ckpt)  # saved again, it says which scheme it uses
+    again = load_checkpoint(tmp_path / "again.npz")
+    assert again.meta["tokenizer"]["scheme"] == 1 and again.tokenizer == tok
+
+
+def test_a_word_scheme_from_the_future_is_one_clear_error(tmp_path):
+    ckpt = load_checkpoint(OLD_WORD_MODEL)
+    ckpt.tokenizer.scheme = 99
+    save_checkpoint(tmp_path / "future.npz", ckpt)
+    with pytest.raises(CheckpointError, match=r"scheme 99 is unknown to this charrnn .*upgrade charrnn"):
+        load_checkpoint(tmp_path / "future.npz")

@@ -295,6 +295,72 @@ def test_evaluate_counts_unknown_characters(trained, tmp_path):
     assert missing.exit_code == 1 and "not found" in one_error_line(missing)
 
 
+@pytest.fixture(scope="module")
+def trained_words(tmp_path_factory):
+    """A tiny word-level model trained through the CLI: (store directory, corpus path, stderr)."""
+    d = tmp_path_factory.mktemp("words")
+    corpus = d / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    store = d / "model"
+    result = invoke("train", corpus, "-m", store, "--level", "word", *TINY, "--steps", "120")
+    assert result.exit_code == 0, result.stderr
+    return store, corpus, result.stderr
+
+
+def test_word_level_figures_compare_with_the_char_level(trained_words):
+    store, corpus, stderr = trained_words
+    assert re.search(r"step +40 +loss [\d.]+ nats +val [\d.]+ bits/word +[\d,]+ words/s", stderr)
+    data = json.loads(invoke("evaluate", "-m", store, corpus, "--json").stdout)
+    assert data["level"] == "word" and data["unknown_tokens"] == data["unknown_chars"] == 0
+    assert data["chars"] == len(TEXT) - 1  # the first token, 我, is not scored
+    assert data["tokens"] < data["chars"] / 2
+    assert data["bits_per_char"] * data["chars"] == pytest.approx(data["bits_per_token"] * data["tokens"])
+    assert data["perplexity"] == pytest.approx(2 ** data["bits_per_token"])  # per word
+    table = invoke("evaluate", "-m", store, corpus)
+    names = [line.split()[0] for line in table.stdout.splitlines()]
+    assert names == ["loss", "bits/char", "bits/word", "perplexity", "top-1", "top-5", "words", "chars", "unknown"]
+    assert f"{data['bits_per_token']:.4f}" in table.stdout and f"{data['bits_per_char']:.4f}" in table.stdout
+
+
+def test_word_level_predicts_words(trained_words):
+    store, _, _ = trained_words
+    result = invoke("predict", "-m", store, "--text", "The quick brown", "--json")
+    cands = [c["text"] for c in json.loads(result.stdout)["candidates"]]
+    assert cands[0] == " fox"
+    assert " " not in cands
+
+
+def test_info_quotes_the_words_of_a_word_vocabulary(trained_words):
+    store, _, _ = trained_words
+    line = next(x for x in invoke("info", "-m", store).stdout.splitlines() if x.startswith("vocabulary"))
+    assert '" fox"' in line and '"\\n"' in line and "words (the unknown one included)" in line
+
+
+def test_word_unknowns_count_words_and_their_characters(trained_words, tmp_path):
+    store, _, _ = trained_words
+    f = tmp_path / "new.txt"
+    f.write_text("The quick zebra jumps over the lazy elephant.", encoding="utf-8")
+    result = invoke("evaluate", "-m", store, f, "--json")
+    data = json.loads(result.stdout)
+    assert data["unknown_tokens"] == 2 and data["unknown_chars"] == len(" zebra elephant")
+    assert data["chars"] == len("The quick zebra jumps over the lazy elephant.") - len("The")
+    assert "2 scored words (" in one_error_line(result)
+
+
+OLD_WORDS = ROOT / "tests" / "data" / "word-scheme1.txt"
+OLD_MODEL = ROOT / "tests" / "data" / "word-scheme1.npz"  # saved before word schemes (tests/data/README.md)
+
+
+def test_an_old_word_model_reads_text_as_it_was_trained_to():
+    data = json.loads(invoke("evaluate", "-m", OLD_MODEL, OLD_WORDS, "--json").stdout)
+    # the figures the old charrnn gave: the same words, scored the same
+    assert data["tokens"] == 999 and data["loss_nats"] == pytest.approx(1.9332942647618931, rel=1e-6)
+    assert data["chars"] == len(OLD_WORDS.read_text()) - len("the")
+    result = invoke("predict", "-m", OLD_MODEL, "--text", "the cat", "--json")
+    cands = [(c["text"], round(c["prob"], 4)) for c in json.loads(result.stdout)["candidates"]]
+    assert cands[:3] == [(" ", 0.2319), ("the", 0.1246), (".", 0.1005)]
+
+
 # -- predict --------------------------------------------------------------------------------------
 
 

@@ -4,9 +4,11 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charrnn.corpus import CorpusError, default_corpus_path, encode_cached, iter_texts, scan
-from charrnn.tokenizer import Tokenizer
+from charrnn.tokenizer import Tokenizer, split_words, split_words_v1
 
 from samples import CHINESE, MIXED
 
@@ -70,7 +72,25 @@ def test_word_level_chunks_never_split_words(tmp_path):
     p = write(tmp_path, "w.txt", text)
     pieces = list(iter_texts([p], level="word", chunk_bytes=13))
     assert "".join(pieces) == text
-    assert all(piece[-1] in " \n" for piece in pieces[:-1])
+    assert all(piece[-1] not in " \n" for piece in pieces[:-1])  # cut before the space of " word"
+    for split in (split_words, split_words_v1):
+        assert [w for piece in pieces for w in split(piece)] == split(text)
+
+
+def test_word_level_text_without_spaces_is_cut_at_ideographs(tmp_path):
+    p = write(tmp_path, "zh.txt", CHINESE * 200)
+    pieces = list(iter_texts([p], level="word", chunk_bytes=64))
+    assert len(pieces) > 100 and "".join(pieces) == CHINESE * 200  # bounded pieces, not one
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(st.sampled_from(list(" \n\t ab'1\u0301,.我学は🙂")) | st.characters(exclude_categories=("Cs",), exclude_characters="\0"), max_size=120),
+       st.integers(1, 40))
+def test_word_pieces_split_into_the_tokens_of_the_whole(text, chunk_bytes):
+    pieces = list(iter_texts(["-"], stdin_bytes=text.encode(), level="word", chunk_bytes=chunk_bytes))
+    assert "".join(pieces) == text
+    for split in (split_words, split_words_v1):
+        assert [w for piece in pieces for w in split(piece)] == split(text)
 
 
 def test_cached_ids_equal_fresh_encoding_and_are_reused(tmp_path):

@@ -12,22 +12,26 @@ from charrnn.tokenizer import Tokenizer
 from samples import CHINESE, ENGLISH, MIXED
 
 
-def make_model(text, H=12, seed=0):
-    tok = Tokenizer.fit(text)
+def make_model(text, H=12, seed=0, level="char"):
+    tok = Tokenizer.fit(text, level=level)
     m = RNN(tok.vocab_size, H, seed=seed, dtype=np.float64)
     m.theta[...] = np.random.default_rng(seed).normal(0, 0.4, m.theta.shape)  # sharper than init
     return m, tok
 
 
-def slow_metrics(m, ids, num_streams):
-    """Obviously correct: each stream (and the tail) from the zero state, one character at a time."""
+def slow_metrics(m, ids, num_streams, lengths=None):
+    """Obviously correct: each stream (and the tail) from the zero state, one token at a time.
+
+    ``lengths`` (N,): the characters of text of each token (default: one each).
+    """
+    lengths = [1] * len(ids) if lengths is None else lengths
     n_pred = len(ids) - 1
     B = min(num_streams, n_pred)
     L = n_pred // B
     segments = [(i * L, (i + 1) * L) for i in range(B)]
     if B * L < n_pred:
         segments.append((B * L, n_pred))
-    nats, top1, top5, unknown = 0.0, 0, 0, 0
+    nats, top1, top5, unknown, chars, unknown_chars = 0.0, 0, 0, 0, 0, 0
     for a, b in segments:
         s = None
         for t in range(a, b):
@@ -38,15 +42,20 @@ def slow_metrics(m, ids, num_streams):
             top1 += others_at_least < 1
             top5 += others_at_least < 5
             unknown += y == 0
+            chars += lengths[t + 1]
+            unknown_chars += lengths[t + 1] if y == 0 else 0
     loss = nats / n_pred
     return {
         "loss_nats": loss,
-        "bits_per_char": loss / math.log(2),
+        "bits_per_char": nats / math.log(2) / chars,
+        "bits_per_token": loss / math.log(2),
         "perplexity": math.exp(loss),
         "accuracy_top1": top1 / n_pred,
         "accuracy_top5": top5 / n_pred,
-        "chars": n_pred,
-        "unknown_chars": unknown,
+        "chars": chars,
+        "tokens": n_pred,
+        "unknown_chars": unknown_chars,
+        "unknown_tokens": unknown,
     }
 
 
@@ -62,6 +71,51 @@ def test_equals_a_slow_per_character_loop(text, num_streams, seq_len):
     m, tok = make_model(text)
     ids = tok.encode(text)
     assert_same(evaluate(m, tok, ids, num_streams=num_streams, seq_len=seq_len), slow_metrics(m, ids, num_streams))
+
+
+@pytest.mark.parametrize("text", [ENGLISH, CHINESE * 5, MIXED * 3])
+@pytest.mark.parametrize("num_streams, seq_len", [(1, 7), (4, 5), (1000, 3)])
+def test_word_level_equals_a_slow_per_word_loop(text, num_streams, seq_len):
+    m, tok = make_model(text, level="word")
+    ids = tok.encode(text)
+    lengths = [len(w) for w in tok.split(text)]
+    r = evaluate(m, tok, ids, num_streams=num_streams, seq_len=seq_len)
+    assert_same(r, slow_metrics(m, ids, num_streams, lengths))
+    assert r["chars"] == len(text) - len(tok.first_token(text)) >= r["tokens"]  # equal in Chinese
+
+
+@pytest.mark.parametrize("level", ["char", "word"])
+@pytest.mark.parametrize("text", [ENGLISH, CHINESE * 5, MIXED * 3])
+def test_bits_per_char_times_chars_is_bits_per_token_times_tokens(level, text):
+    m, tok = make_model(text, level=level)
+    r = evaluate(m, tok, tok.encode(text), num_streams=3)
+    assert r["bits_per_char"] * r["chars"] == pytest.approx(r["bits_per_token"] * r["tokens"], rel=1e-12)
+    assert r["bits_per_token"] == pytest.approx(r["loss_nats"] / math.log(2))
+    assert r["perplexity"] == pytest.approx(2 ** r["bits_per_token"])  # per token (per word)
+    if level == "char":
+        assert r["bits_per_char"] == r["bits_per_token"]
+        assert r["chars"] == r["tokens"] == len(text) - 1
+        assert r["unknown_chars"] == r["unknown_tokens"]
+    else:
+        assert r["tokens"] <= r["chars"] == len(text) - len(tok.split(text)[0])
+
+
+def test_word_level_unknown_words_count_their_characters():
+    m, tok = make_model(ENGLISH, level="word")
+    text = "The quick zebra jumps over the lazy elephant."
+    ids = tok.encode(text)
+    unknown = [w for w in tok.split(text) if tok.id_of(w) == 0]
+    assert unknown == [" zebra", " elephant"]
+    scored = len(text) - len(tok.first_token(text))
+    r = evaluate(m, tok, ids, num_streams=2, scored_chars=scored)
+    assert r["unknown_tokens"] == 2 and r["unknown_chars"] == len(" zebra") + len(" elephant")
+    assert r["chars"] == scored
+    assert_same(r, slow_metrics(m, ids, 2, [len(w) for w in tok.split(text)]))
+    # without scored_chars, each unknown word counts one character
+    r1 = evaluate(m, tok, ids, num_streams=2)
+    assert r1["chars"] == scored - (len(" zebra") - 1) - (len(" elephant") - 1) and r1["unknown_chars"] == 2
+    with pytest.raises(ValueError, match="scored_chars"):
+        evaluate(m, tok, ids, scored_chars=5)
 
 
 def test_one_stream_is_one_pass_over_the_whole_text():
@@ -88,7 +142,7 @@ def test_the_chunk_length_does_not_change_the_result():
 def test_metric_relations_and_a_uniform_model():
     m, tok = make_model(ENGLISH)
     r = evaluate(m, tok, tok.encode(ENGLISH))
-    assert r["bits_per_char"] == pytest.approx(r["loss_nats"] / math.log(2))
+    assert r["bits_per_char"] == r["bits_per_token"] == pytest.approx(r["loss_nats"] / math.log(2))
     assert r["perplexity"] == pytest.approx(math.exp(r["loss_nats"]))
     assert 0 <= r["accuracy_top1"] <= r["accuracy_top5"] <= 1
     m.theta[...] = 0.0  # every probability 1/K
@@ -103,7 +157,7 @@ def test_unknown_characters_are_counted_and_scored():
     text = "X" + CHINESE + "猫狗" + CHINESE  # X is the first character: never a target
     ids = tok.encode(text)
     r = evaluate(m, tok, ids, num_streams=2, seq_len=8)
-    assert r["unknown_chars"] == 2 and r["chars"] == len(ids) - 1
+    assert r["unknown_chars"] == r["unknown_tokens"] == 2 and r["chars"] == r["tokens"] == len(ids) - 1
     assert_same(r, slow_metrics(m, ids, 2))
 
 

@@ -101,8 +101,8 @@ def test_context_lines_add_up_to_evaluate_with_the_start_token_in_front(block_li
     ids = np.concatenate([[start_token(tok)], tok.encode(TEXT)])
     whole = evaluate(m, tok, ids, num_streams=1, seq_len=7)
     assert sum(r.bits for r in results) == pytest.approx(whole["bits_per_char"] * whole["chars"], rel=1e-10)
-    assert sum(r.tokens for r in results) == whole["chars"]
-    assert sum(r.unknown_tokens for r in results) == whole["unknown_chars"]
+    assert sum(r.tokens for r in results) == whole["tokens"]
+    assert sum(r.unknown_tokens for r in results) == whole["unknown_tokens"]
 
 
 def test_empty_lines_unknown_characters_and_a_last_line_without_newline():
