@@ -358,6 +358,9 @@ def _load(zf: zipfile.ZipFile, path: Path) -> Checkpoint:
             raise CheckpointError(f"{path}: bad array description for {name!r} ({e})") from None
     if not np.isfinite(model.theta).all():
         raise CheckpointError(f"{path}: weights hold NaN or infinity")
+    accum = arrays.get("direct.accum")
+    if model.direct is not None and accum is not None and accum.shape == model.direct.accum.shape:
+        model.direct.accum[...] = accum  # the tables' Adagrad sums: dynamic evaluation goes on from them
     return Checkpoint(model=model, tokenizer=tokenizer, meta=meta, arrays=arrays, path=path)
 
 

@@ -283,11 +283,9 @@ class Trainer:
         ``data_too`` (False for fine-tuning on another corpus)."""
         meta = self.restored_meta = ckpt.meta
         self.model.theta[...] = ckpt.model.theta
-        if self.model.direct is not None:
+        if self.model.direct is not None:  # the tables and their Adagrad sums (loaded with the model)
             self.model.direct.table[...] = ckpt.model.direct.table
-            accum = ckpt.arrays.get("direct.accum")
-            if accum is not None and accum.shape == self.model.direct.accum.shape:
-                self.model.direct.accum[...] = accum
+            self.model.direct.accum[...] = ckpt.model.direct.accum
         opt = dict(meta["optimizer"])
         opt["buffers"] = {k.split(".", 1)[1]: v for k, v in ckpt.arrays.items() if k.startswith("optimizer.")}
         if opt.get("name") == self.optimizer.name:
