@@ -18,9 +18,10 @@ The gradient of D_j is a scatter-add: dD_j[row_j(g_n(t))] += do_t^j for every po
 order, the logit gradient of that block. Only the rows a step touched change, so the tables are
 trained apart from ``theta`` with a sparse Adagrad: for each touched row r,
 
-    A_j[r] += dD_j[r]^2,     D_j[r] -= lr * dD_j[r] / (sqrt(A_j[r]) + eps)
+    A_j[r] += dD_j[r]^2,     D_j[r] -= lr * dD_j[r] / sqrt(A0 + A_j[r])
 
-with ``accum`` (the A_j) laid out like ``table``. Adagrad suits the counts-like features: rows
+with ``accum`` (the A_j) laid out like ``table``, dD the gradient of the loss summed (not
+averaged) over the batch's positions, and A0 = ``ACCUM0``. Adagrad suits the counts-like features: rows
 seen often take small steps, rows seen once take a large one.
 
 The n-gram needs the N - 1 tokens before each chunk: the model carries them in the last N - 1
@@ -39,6 +40,10 @@ _MIX3 = np.uint64(0x94D049BB133111EB)
 DEFAULT_ORDER = 6  # N: orders 1..N
 DEFAULT_SIZE_MB = 64  # float32 table; the Adagrad accumulator takes as much again
 DEFAULT_LR = 0.1  # Adagrad step for the tables
+# The Adagrad sums start from ACCUM0 (per-position gradients are p - onehot(y), in [-1, 1]): a row
+# seen once moves by about lr times its gradient, as in SGD, instead of by lr times its sign;
+# unlikely tokens' entries barely move on one sighting.
+ACCUM0 = 1.0
 
 
 def ngram_hashes(history: np.ndarray, x: np.ndarray, order: int) -> np.ndarray:
@@ -114,10 +119,13 @@ class Direct:
             out += D[r[:, n]]
         return out
 
-    def add_grad(self, sink: list, j: int, g: np.ndarray, do: np.ndarray) -> None:
-        """Record dD_j[row_j(g_n)] += do for every row and order: g (n, N), do (n, width_j)."""
+    def add_grad(self, sink: list, j: int, g: np.ndarray, do: np.ndarray, total: int) -> None:
+        """Record dD_j[row_j(g_n)] += total * do for every row and order: g (n, N), do (n, width_j)
+        the gradient of a loss that is a mean over ``total`` positions. The tables are trained on
+        the *sum* over positions (each position's p - onehot(y)), so that their step does not
+        depend on the batch size or on how the batch is split among processes."""
         if self.rows[j] and len(g):
-            sink.append((j, self.row_index(j, g), np.array(do, dtype=self.table.dtype)))
+            sink.append((j, self.row_index(j, g), np.multiply(do, total, dtype=self.table.dtype)))
 
     def sparse_grad(self, pending: list | None = None) -> dict:
         """The recorded gradients summed by row: {j: (rows (U,) sorted, dD (U, width_j))}.
@@ -135,7 +143,7 @@ class Direct:
             grads[j] = (rows, np.add.reduceat(d[by_row], starts, axis=0))
         return grads
 
-    def update(self, lr: float, grads: dict | None = None, eps: float = 1e-8) -> None:
+    def update(self, lr: float, grads: dict | None = None) -> None:
         """Sparse Adagrad on the touched rows (see the module docstring); clears ``pending``."""
         grads = self.sparse_grad() if grads is None else grads
         self.pending = []
@@ -143,7 +151,9 @@ class Direct:
             D, A = self.view(self.table, j), self.view(self.accum, j)
             a = A[rows] + dD * dD
             A[rows] = a
-            D[rows] -= lr * dD / (np.sqrt(a) + eps)
+            a += ACCUM0
+            np.sqrt(a, out=a)
+            D[rows] -= lr * dD / a
 
 
 def plan_rows(widths, size_mb: float, masses=None) -> list[int]:

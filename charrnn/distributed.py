@@ -164,7 +164,7 @@ class World:
         return float(buf[P]) / self.size
 
     def reduce_direct(self, direct) -> dict:
-        """The direct connections' sparse gradient averaged over the ranks, the same on each:
+        """The direct connections' sparse gradient summed over the ranks, the same on each:
         {j: (rows, dD)} as ``Direct.sparse_grad`` gives, from this rank's ``direct.pending``.
 
         Only the rows a step touched travel (not the tables): the row counts per block in one
@@ -188,7 +188,7 @@ class World:
             for j in range(J):
                 n = int(all_counts[rank, j])
                 if n:
-                    dD = all_values[v0 : v0 + n * widths[j]].reshape(n, widths[j]) / self.size
+                    dD = all_values[v0 : v0 + n * widths[j]].reshape(n, widths[j])
                     pending.append((j, all_rows[r0 : r0 + n, None], dD))
                 r0, v0 = r0 + n, v0 + n * widths[j]
         return direct.sparse_grad(pending)

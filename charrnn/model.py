@@ -231,7 +231,7 @@ class Model:
         ds = self.head.backward_logits(self.head_part(self.theta), S1, do, self.head_part(g))
         if self.direct is not None:
             self.direct.pending = []
-            self.direct.add_grad(self.direct.pending, 0, hashes, do)
+            self.direct.add_grad(self.direct.pending, 0, hashes, do, 1)
         self.hidden_backward(ds, hidden_cache, self.unflatten(g))
         for name, view in self.unflatten(g).items():
             grads[name][...] = view

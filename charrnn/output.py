@@ -187,7 +187,7 @@ class FullHead:
         o = self.logits(flat, S1, None if work is None else work("o", (len(S1), self.vocab_size)), g=g)
         loss, do = softmax_cross_entropy_(o, y, total)
         if self.direct is not None and g is not None:
-            self.direct.add_grad(sink, 0, g, do)
+            self.direct.add_grad(sink, 0, g, do, total)
         return loss, self.backward_logits(flat, S1, do, gflat, work)
 
     def backward_logits(self, flat, S1, do, gflat, work=None) -> np.ndarray:
@@ -300,7 +300,7 @@ class ClassHead(FullHead):
         q = self._class_logits(flat, S1, g)  # (N, C) class logits
         loss, dq = softmax_cross_entropy_(q, self.class_of[y], total)
         if direct is not None:
-            direct.add_grad(sink, 0, g, dq)
+            direct.add_grad(sink, 0, g, dq, total)
         np.matmul(S1.T, dq, out=gQd)  # [dQ; dd] = S1^T dq
         ds = np.matmul(dq, Qd[:H].T, out=None if work is None else work("ds", (len(S1), H)))  # dq Q^T
         gVc[...] = 0.0
@@ -309,7 +309,7 @@ class ClassHead(FullHead):
             S_r, g_r = S1[rows], None if g is None else g[rows]  # (n, H+1), (n, order)
             loss_k, do = softmax_cross_entropy_(self._token_logits(flat, S_r, cls, g_r), self.where[y[rows]] - a, total)
             if direct is not None:
-                direct.add_grad(sink, 1 + cls, g_r, do)
+                direct.add_grad(sink, 1 + cls, g_r, do, total)
             loss += loss_k
             gVc[:, a:b] = S_r.T @ do  # [dV; dc] of the class's columns
             ds[rows] += do @ Vc[:H, a:b].T

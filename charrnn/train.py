@@ -405,11 +405,14 @@ class Trainer:
             losses.append(loss)
             rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
             yield self._progress("step", loss, val_bpc, lr, rate, budget)
+            improved = False
             if c.eval_every and self.step % c.eval_every == 0:
                 val_bpc = self._evaluate_and_record(float(np.mean(losses)))
+                improved = self.evals_since_best == 0 and val_bpc is not None
                 losses = []
                 yield self._progress("eval", loss, val_bpc, lr, rate, budget)
-            if c.save_every and self.step % c.save_every == 0:
+            # a new best is saved at once (with saving on): a model that overfits early keeps it
+            if c.save_every and (self.step % c.save_every == 0 or improved):
                 yield self._progress("save", loss, val_bpc, lr, rate, budget, path=self.save())
         rate = budget.steps_done(self) * tokens_per_step / max(budget.elapsed(), 1e-9)
         if budget.steps_done(self) > 0:
