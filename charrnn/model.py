@@ -199,20 +199,42 @@ class Model:
         return loss, self.unflatten(g), s_last
 
     def loss_and_flat_grad(self, inputs, targets, s0=None, rng=None):
-        """Like ``loss_and_grads``, with the gradient as one flat vector laid out like ``theta``."""
+        """Like ``loss_and_grads``, with the gradient as one flat vector laid out like ``theta``.
+
+        With several stream workers (``charrnn.threads``), each group of streams runs forward
+        and backward on its own thread into its own gradient (each a part of the mean over all
+        B*T positions), and the gradients are summed in group order. Dropout masks then come
+        from one generator per group, seeded from ``rng`` in group order, so they do not depend
+        on which thread runs first.
+        """
         inputs, targets, s0 = self._check(inputs, targets, s0)
-        s_cell, history = self._split_state(s0)
-        S1, cache, s_last = self.hidden_forward(inputs, s_cell, rng)
-        g = np.zeros_like(self.theta)
-        y = targets.T.reshape(-1)  # (T*B,), time-major like the rows of S1
-        hashes, sink = self._hashes(history, inputs.T), []
-        loss, ds = self.head.loss_and_grad(
-            self.head_part(self.theta), S1, y, len(y), self.head_part(g), g=hashes, sink=sink
-        )
-        if self.direct is not None:
-            self.direct.pending = sink
-        self.hidden_backward(ds, cache, self.unflatten(g))
-        return loss, g, self._join_state(s_last, history, inputs.T)
+        B, T = inputs.shape
+        groups = stream_groups(B, MIN_STREAMS_PER_WORKER)
+        rngs = [rng] if rng is None or len(groups) == 1 else [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, len(groups))]
+        rngs = rngs * len(groups) if len(rngs) == 1 else rngs
+
+        def run(k: int):
+            group = groups[k]
+            x, y = inputs[group], targets[group]
+            s_cell, history = self._split_state(s0[group])
+            S1, cache, s_last = self.hidden_forward(x, s_cell, rngs[k])
+            g = np.zeros_like(self.theta)
+            hashes, sink = self._hashes(history, x.T), []
+            loss, ds = self.head.loss_and_grad(
+                self.head_part(self.theta), S1, y.T.reshape(-1), B * T, self.head_part(g), g=hashes, sink=sink
+            )
+            self.hidden_backward(ds, cache, self.unflatten(g))
+            return loss, g, self._join_state(s_last, history, x.T), sink
+
+        results = parallel_map(run, list(range(len(groups))))
+        loss, g, _, _ = results[0]
+        for loss_k, g_k, _, _ in results[1:]:
+            loss += loss_k
+            g += g_k
+        if self.direct is not None:  # in the order of the groups, so that updates are deterministic
+            self.direct.pending = [item for *_, sink in results for item in sink]
+        s_last = results[0][2] if len(results) == 1 else np.concatenate([r[2] for r in results])
+        return loss, g, s_last
 
     def forward(self, inputs: np.ndarray, s0: np.ndarray, rng=None):
         """Run T steps. inputs (B, T) ints, s0 (B, S) -> p (T*B, K) time-major, cache, s_T (B, S)."""
