@@ -1,129 +1,128 @@
-"""Prediction quality: validation bits per character within a training-time budget.
+"""Prediction quality within a time budget: validation bits per character of `charrnn train`.
 
-Reproduces the quality table of docs/models.md on tiny-Shakespeare (train = first 90% of the
-characters, validation = the last 10%, as nanoGPT splits it). Only training steps count against
-the budget; validation runs outside the clock. The best validation result is reported (early
-stopping), and with --dynamic the best weights are then scored again with dynamic evaluation.
+Each row runs the real command line, ``charrnn train CORPUS --max-time SECONDS [options]``, in a
+fresh store, then scores the held-out tail (the last 10% of the text, the part `train`
+validates on) with ``charrnn evaluate`` twice: static, and with ``--dynamic``. The figures are
+exactly what a user running those commands gets. Rows can run side by side (``--jobs 2``, one
+core each: the two runs share the machine alike) or one at a time on all cores.
 
-    python benchmarks/bench_quality.py --cell rnn --minutes 5
-    python benchmarks/bench_quality.py --cell lstm --minutes 10 --dynamic
+    python benchmarks/bench_quality.py --minutes 10                           # the defaults, both corpora
+    python benchmarks/bench_quality.py --corpus sanguo --minutes 5 --jobs 2 \\
+        --row "defaults" --row "no n-grams=--direct-order 0"
+    python benchmarks/bench_quality.py --sweep --minutes 5 --jobs 2           # the sweep in docs/models.md
 
-Reference points (validation bpc): unigram 4.83, Kneser-Ney 7-gram 2.19, PPMd order 6 2.03.
+A row is ``NAME=OPTIONS`` (options as `charrnn train` takes them) or just a name from ``SWEEP``.
+The corpora are ../shared/corpora/{tinyshakespeare,sanguo}.txt beside the checkout (never part of
+the project); ``--corpus`` also takes a path.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
-import math
+import os
+import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
+REPO = Path(__file__).resolve().parents[1]
+CORPORA = REPO.parent / "shared" / "corpora"
 
-from charrnn.corpus import encode_cached, scan
-from charrnn.dynamic import DynamicConfig, dynamic_evaluate
-from charrnn.evaluate import evaluate
-from charrnn.threads import set_threads
-from charrnn.tokenizer import Tokenizer
-from charrnn.train import Trainer, TrainConfig, make_model
-
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
-
-
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--corpus", default=str(SHAKESPEARE), help="text file (default: tiny-Shakespeare)")
-    p.add_argument("--minutes", type=float, default=5.0, help="training-time budget")
-    p.add_argument("--cell", default="rnn", choices=["rnn", "lstm", "gru"])
-    p.add_argument("--hidden-size", type=int, default=None, help="default: TrainConfig's")
-    p.add_argument("--num-layers", type=int, default=1)
-    p.add_argument("--embedding-size", type=int, default=None)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--seq-len", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--min-lr-fraction", type=float, default=1.0,
-                   help="decay the learning rate along a cosine over the time budget down to this "
-                        "fraction of --lr (1.0 = constant)")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--eval-every", type=float, default=30.0, help="seconds of training between validations")
-    p.add_argument("--dynamic", action="store_true", help="also score the best weights with dynamic evaluation")
-    p.add_argument("--dynamic-lr", type=float, nargs="+", default=[DynamicConfig.lr],
-                   help="one or more step sizes to try (each from the best weights)")
-    p.add_argument("--dynamic-decay", type=float, default=DynamicConfig.decay)
-    p.add_argument("--dynamic-seq-len", type=int, default=DynamicConfig.seq_len)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    return p.parse_args(argv)
+# The sweep behind the defaults (docs/models.md): each row changes one thing from the defaults.
+SWEEP = {
+    "defaults": "",
+    "no n-grams": "--direct-order 0",
+    "n-grams order 4": "--direct-order 4",
+    "n-grams order 8": "--direct-order 8",
+    "n-gram lr 0.3": "--direct-lr 0.3",
+    "dropout 0.3": "--dropout 0.3",
+    "no dropout": "--dropout 0",
+    "H=512": "--hidden-size 512",
+    "lstm": "--cell lstm",
+    "full softmax": "--output full",
+}
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    set_threads(args.threads)
-    overrides = {k: v for k, v in {
-        "cell": args.cell, "hidden_size": args.hidden_size, "num_layers": args.num_layers,
-        "embedding_size": args.embedding_size, "dropout": args.dropout, "batch_size": args.batch_size,
-        "seq_len": args.seq_len, "lr": args.lr, "weight_decay": args.weight_decay, "seed": args.seed,
-    }.items() if v is not None}
-    config = TrainConfig(**overrides, eval_every=0, save_every=0)
-    config.validate()
+def corpus_path(name: str) -> Path:
+    path = Path(name)
+    return path if path.exists() else CORPORA / f"{name}.txt"
 
-    corpus = scan([args.corpus])
-    tokenizer = Tokenizer.from_counts(corpus.counts)
-    ids = encode_cached(corpus, tokenizer, None)
-    n_train = int(len(ids) * 0.9)
-    train_ids, val_ids = ids[:n_train], ids[n_train:]
-    model = make_model(config, tokenizer.vocab_size)
-    trainer = Trainer(config, model, tokenizer, train_ids, val_ids)
-    print(f"# {config.cell} H={config.hidden_size} L={config.num_layers} E={config.embedding_size} "
-          f"dropout={config.dropout} B={config.batch_size} T={config.seq_len} lr={config.lr} "
-          f"params={model.num_params:,} budget={args.minutes} min", file=sys.stderr)
 
-    budget, trained, next_eval = args.minutes * 60.0, 0.0, args.eval_every
-    best_bpc, best_theta, best_at, curve = math.inf, model.theta.copy(), 0.0, []
-    base_lr = config.lr
-    while trained < budget:
-        progress = trained / budget
-        factor = args.min_lr_fraction + (1 - args.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
-        trainer.config.lr = base_lr * factor
-        t0 = time.perf_counter()
-        trainer.train_step()
-        trained += time.perf_counter() - t0
-        if trained >= next_eval or trained >= budget:
-            next_eval += args.eval_every
-            bpc = evaluate(model, None, val_ids, num_streams=64, seq_len=256)["bits_per_char"]
-            curve.append((round(trained, 1), round(bpc, 4)))
-            print(f"  {trained:7.1f} s  step {trainer.step:6d}  epoch {trainer.epochs_done:5.2f}  "
-                  f"val {bpc:.4f} bpc", file=sys.stderr)
-            if bpc < best_bpc:
-                best_bpc, best_at = bpc, trained
-                best_theta[...] = model.theta
-    result = {
-        "cell": config.cell, "hidden_size": config.hidden_size, "num_layers": config.num_layers,
-        "params": model.num_params, "minutes": args.minutes, "steps": trainer.step,
-        "epochs": round(trainer.epochs_done, 2),
-        "chars_per_sec": round(trainer.step * config.batch_size * config.seq_len / trained),
-        "val_bpc": round(best_bpc, 4), "best_at_seconds": round(best_at, 1), "curve": curve,
+def held_out_tail(corpus: Path, workdir: Path, val_fraction: float = 0.1) -> Path:
+    """The last ``val_fraction`` of the characters, as `train` splits a character-level text."""
+    text = corpus.read_text(encoding="utf-8")
+    n_val = int(round(len(text) * val_fraction))
+    tail = workdir / f"{corpus.stem}.val.txt"
+    tail.write_text(text[len(text) - n_val :], encoding="utf-8")
+    return tail
+
+
+def charrnn(*args: str, threads: int) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if threads == 1:
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        if args[0] == "train":
+            args = (*args, "--threads", "1", "--workers", "1")
+    return subprocess.run([sys.executable, "-m", "charrnn", *args], env=env, capture_output=True, text=True)
+
+
+def run_row(name: str, options: str, corpus: Path, tail: Path, seconds: float, workdir: Path, threads: int) -> dict:
+    store = workdir / f"m-{corpus.stem}-{abs(hash(name))}"
+    t0 = time.perf_counter()
+    trained = charrnn("train", str(corpus), "-m", str(store), "--max-time", str(seconds), "-q",
+                      *shlex.split(options), threads=threads)
+    if trained.returncode:
+        return {"row": name, "error": trained.stderr.strip().splitlines()[-1:]}
+    wall = time.perf_counter() - t0
+    info = json.loads(charrnn("info", "-m", str(store), "--json", threads=threads).stdout)
+    static = json.loads(charrnn("evaluate", "-m", str(store), str(tail), "--json", threads=threads).stdout)
+    dynamic = json.loads(charrnn("evaluate", "-m", str(store), str(tail), "--dynamic", "--json", threads=threads).stdout)
+    return {
+        "row": name, "options": options, "corpus": corpus.stem, "minutes": seconds / 60, "steps": info["step"],
+        "train_wall_s": round(wall, 1), "static_bpc": round(static["bits_per_char"], 3),
+        "dynamic_bpc": round(dynamic["bits_per_char"], 3),
     }
-    if args.dynamic:
-        for lr in args.dynamic_lr:
-            model.theta[...] = best_theta
-            t0 = time.perf_counter()
-            dyn = dynamic_evaluate(model, tokenizer, val_ids, DynamicConfig(
-                lr=lr, decay=args.dynamic_decay, seq_len=args.dynamic_seq_len))
-            bpc = round(dyn["bits_per_char"], 4)
-            result.setdefault("dynamic", []).append({"lr": lr, "val_bpc": bpc, "seconds": round(time.perf_counter() - t0, 1)})
-            if bpc < result.get("dynamic_val_bpc", math.inf):
-                result["dynamic_val_bpc"], result["dynamic_lr"] = bpc, lr
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            if k != "curve":
-                print(f"{k:>16}: {v}")
-    return result
+
+
+def parse_row(text: str) -> tuple[str, str]:
+    if "=" in text:
+        name, options = text.split("=", 1)
+        return name.strip(), options.strip()
+    if text not in SWEEP:
+        raise SystemExit(f"unknown row {text!r}: give NAME=OPTIONS or one of {', '.join(SWEEP)}")
+    return text, SWEEP[text]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", action="append", help="tinyshakespeare, sanguo or a path (default: both)")
+    parser.add_argument("--minutes", type=float, default=10.0, help="training budget per row (default: 10)")
+    parser.add_argument("--row", action="append", type=parse_row, help="NAME=OPTIONS or a SWEEP name (default: defaults)")
+    parser.add_argument("--sweep", action="store_true", help="run every row of SWEEP")
+    parser.add_argument("--jobs", type=int, default=1, help="rows side by side, one core each (default: 1, all cores)")
+    args = parser.parse_args(argv)
+    rows = list(SWEEP.items()) if args.sweep else (args.row or [("defaults", "")])
+    corpora = [corpus_path(c) for c in (args.corpus or ["tinyshakespeare", "sanguo"])]
+    threads = 1 if args.jobs > 1 else 0
+    print(f"# bench_quality: {args.minutes} min per row, {'one core each, ' + str(args.jobs) + ' side by side' if args.jobs > 1 else 'all cores'}")
+    print(f"{'corpus':<16} {'row':<18} {'steps':>7} {'static bpc':>11} {'dynamic bpc':>12}  options")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        tails = {c: held_out_tail(c, workdir) for c in corpora}
+        jobs = [(name, options, c) for c in corpora for name, options in rows]
+        with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            futures = [pool.submit(run_row, n, o, c, tails[c], args.minutes * 60, workdir, threads) for n, o, c in jobs]
+            for f in futures:
+                r = f.result()
+                if "error" in r:
+                    print(f"{'':<16} {r['row']:<18} failed: {r['error']}", flush=True)
+                    continue
+                print(f"{r['corpus']:<16} {r['row']:<18} {r['steps']:>7} {r['static_bpc']:>11.3f} {r['dynamic_bpc']:>12.3f}  "
+                      f"{r['options'] or '(none)'}", flush=True)
 
 
 if __name__ == "__main__":

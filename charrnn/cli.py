@@ -116,19 +116,31 @@ def _available_memory() -> int | None:
     return max(0, min(limits)) if limits else None
 
 
-def _training_memory(config) -> int:
+def _corpus_bytes(names: list[str]) -> int | None:
+    """The corpus files' total size in bytes; None when one is standard input or unreadable."""
+    try:
+        return sum(os.path.getsize(name) for name in names) if names and "-" not in names else None
+    except OSError:
+        return None
+
+
+def _training_memory(config, corpus_bytes: int | None = None) -> int:
     """A low estimate of the bytes a training run needs (the vocabulary counted as 2 tokens):
     weights, gradient and optimizer buffers; the float64 draws of the orthogonal initialization;
     the states and gates kept for backpropagation."""
     from charrnn.cells import MODELS
     from charrnn.checkpoint import count_params
+    from charrnn.train import AUTO_DIRECT_ORDER
 
     itemsize = 8 if config.dtype == "float64" else 4
     H, G = config.hidden_size, MODELS[config.cell].gates
     params = count_params(config.model_config(2)) * itemsize * (3 + (config.optimizer == "adam"))
     init = (G + 1) * H * H * 8
     activations = config.batch_size * config.seq_len * (G + 1) * H * config.num_layers * itemsize
-    direct = 2 * int(config.direct_size * (1 << 20)) if config.direct_order else 0  # table and Adagrad sums
+    direct = 0  # the n-gram table and its Adagrad sums: no larger than the text can fill (direct.plan_rows)
+    if config.direct_order != 0 and corpus_bytes is not None:
+        order = config.direct_order or max(AUTO_DIRECT_ORDER.values())
+        direct = 2 * min(int(config.direct_size * (1 << 20)), corpus_bytes * order * 2 * itemsize)
     return params + init + activations + direct
 
 
@@ -269,11 +281,11 @@ POSITIVE_FLOAT = FiniteFloatRange(min=0, min_open=True)
 @click.option("--hidden-size", type=POSITIVE_INT, help="Units per layer, H.  [default: 256]")
 @click.option("--num-layers", "--layers", "num_layers", type=POSITIVE_INT, help="Stacked recurrent layers.  [default: 1]")
 @click.option("--embedding-size", type=POSITIVE_INT, help="Input embedding width (none: one-hot rows).")
-@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout probability.  [default: 0.0]")
+@click.option("--dropout", type=FiniteFloatRange(0, 1, max_open=True), help="Dropout probability (default: 0.2 with the full softmax, 0.5 with the class head).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="Parameter type.  [default: float32]")
 @click.option("--output", type=click.Choice(["auto", "full", "classes"]), help="Output layer: one softmax over all tokens, or exact frequency classes (faster for large vocabularies); auto: classes from 192 tokens.  [default: auto]")
 @click.option("--num-classes", type=POSITIVE_INT, help="Classes of the class output layer (default: about the square root of the vocabulary size).")
-@click.option("--direct-order", type=click.IntRange(min=0), help="Hashed n-gram direct connections to the output of orders 1..N; 0 = off.  [default: 0]")
+@click.option("--direct-order", type=click.IntRange(min=0), help="Hashed n-gram direct connections to the output, of orders 1..N; 0 = off (default: 6 with the full softmax, 3 with the class head).")
 @click.option("--direct-size", type=POSITIVE_FLOAT, help="Megabytes of hashed n-gram table (twice that in memory while training).  [default: 64.0]")
 @click.option("--direct-lr", type=POSITIVE_FLOAT, help="Adagrad step of the n-gram tables.  [default: 0.1]")
 @click.option("--level", type=click.Choice(["char", "word"]), help="Tokens: characters or words.  [default: char]")
@@ -350,7 +362,7 @@ def train(corpus, model_path, resume, fine_tune, overwrite, threads, workers, en
         values = {**_saved_settings(store), **values}
     config = TrainConfig(**values)
     _check_memory(
-        _training_memory(config), f"training {config.num_layers} x {config.hidden_size} {config.cell} units",
+        _training_memory(config, _corpus_bytes(names)), f"training {config.num_layers} x {config.hidden_size} {config.cell} units",
         "choose a smaller --hidden-size, --num-layers, --batch-size or --seq-len",
     )
     created = not model_path.exists()

@@ -156,21 +156,25 @@ class Direct:
             D[rows] -= lr * dD / a
 
 
-def plan_rows(widths, size_mb: float, masses=None) -> list[int]:
+def plan_rows(widths, size_mb: float, masses=None, positions: int | None = None, order: int = 1) -> list[int]:
     """Row counts R_j for blocks of ``widths`` within ``size_mb`` MB of float32 table.
 
     One block (the full softmax): all of it. Several (class logits first, then one block per
     class): half to the class logits, half to the classes in proportion to how often each is
-    the target (``masses``, default equal); a one-token class needs no table (its within-class
-    probability is always 1).
+    the target (``masses``, counts or shares, default equal); a one-token class needs no table
+    (its within-class probability is always 1). With ``positions``, the training split's length,
+    no block gets more rows than the text can fill: ``order`` n-grams per position (per position
+    whose target is in the class, for a class's block; ``masses`` are then the class counts).
     """
     entries = int(size_mb * (1 << 20) / 4)
     widths = [int(w) for w in widths]
+    cap = np.inf if positions is None else max(1, int(positions) * int(order))
     if len(widths) == 1:
-        return [max(1, entries // widths[0])]
-    masses = np.ones(len(widths) - 1) if masses is None else np.asarray(masses, dtype=np.float64)
-    masses = masses / masses.sum() if masses.sum() > 0 else np.full(len(masses), 1.0 / len(masses))
-    rows = [max(1, entries // 2 // widths[0])]
-    for w, m in zip(widths[1:], masses):
-        rows.append(0 if w == 1 else max(1, int(entries / 2 * m / w)))
+        return [int(max(1, min(entries // widths[0], cap)))]
+    counts = np.ones(len(widths) - 1) if masses is None else np.asarray(masses, dtype=np.float64)
+    shares = counts / counts.sum() if counts.sum() > 0 else np.full(len(counts), 1.0 / len(counts))
+    rows = [int(max(1, min(entries // 2 // widths[0], cap)))]
+    for w, share, count in zip(widths[1:], shares, counts):
+        fill = np.inf if positions is None or masses is None else max(1.0, count * order)
+        rows.append(0 if w == 1 else int(max(1, min(entries / 2 * share / w, fill))))
     return rows

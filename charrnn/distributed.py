@@ -494,6 +494,9 @@ def _send_numbers(world: World, trainer: Trainer, setup: dict) -> np.ndarray:
     """Rank 0's weights and optimizer buffers into every rank's run; returns the full carried
     state (B, S), the same on every rank."""
     world.bcast_array_(trainer.model.theta)
+    if trainer.model.direct is not None:  # the n-gram tables and their Adagrad sums
+        world.bcast_array_(trainer.model.direct.table)
+        world.bcast_array_(trainer.model.direct.accum)
     opt = dict(setup["run"]["optimizer"])
     if world.is_root:
         opt["buffers"] = trainer.optimizer.state_dict()["buffers"]

@@ -40,14 +40,16 @@ class TrainConfig:
     hidden_size: int = 256  # H, units per layer
     num_layers: int = 1  # stacked recurrent layers
     embedding_size: int | None = None  # E; None: the first layer looks up its input rows directly
-    dropout: float = 0.0  # inverted dropout between layers and on the output, in [0, 1)
+    dropout: float | None = None  # inverted dropout between layers and on the output, in [0, 1);
+    #                               None: by output layer (AUTO_DROPOUT)
     dtype: str = "float32"  # float32 (fast) | float64 (for checks)
     # the output layer (charrnn.output): full softmax | classes (exact class-factored softmax,
     # H (C + class size) per token instead of H K) | auto: classes from AUTO_CLASSES_FROM tokens
     output: str = "auto"
     num_classes: int | None = None  # C for the class head; None: about sqrt(K)
     # hashed n-gram direct connections to the output layer (charrnn.direct)
-    direct_order: int = 0  # N: n-grams of orders 1..N; 0 turns them off
+    direct_order: int | None = None  # N: n-grams of orders 1..N; 0 turns them off; None: by the
+    #                                   output layer (AUTO_DIRECT_ORDER)
     direct_size: float = 64.0  # MB of float32 table (the Adagrad accumulator takes as much again)
     direct_lr: float = 0.1  # Adagrad step of the tables (follows the schedule like lr)
     # tokenizer
@@ -99,7 +101,7 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be positive")
         if not 0.0 <= self.unknown_rate < 0.5:
             raise ValueError("unknown-rate must be in [0, 0.5)")
-        if not 0.0 <= self.dropout < 1.0:
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val-fraction must be in [0, 1)")
@@ -111,7 +113,7 @@ class TrainConfig:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}")
         if self.min_count < 1:
             raise ValueError("min-count must be at least 1")
-        if self.direct_order < 0 or self.direct_size <= 0 or self.direct_lr <= 0:
+        if (self.direct_order or 0) < 0 or self.direct_size <= 0 or self.direct_lr <= 0:
             raise ValueError("direct-order cannot be negative; direct-size and direct-lr must be positive")
         if self.clip < 0 or self.weight_decay < 0 or self.warmup_steps < 0:
             raise ValueError("clip, weight-decay and warmup-steps cannot be negative")
@@ -120,14 +122,16 @@ class TrainConfig:
         """The model config for K = ``vocab_size`` tokens; ``counts`` (K,), the training split's
         token counts, place the tokens in classes when the class head is used (default: all equal)."""
         counts = np.ones(vocab_size) if counts is None else counts
+        output = output_config(self.output, counts, self.num_classes)
+        dropout = AUTO_DROPOUT[output.get("output", "full")] if self.dropout is None else self.dropout
         return {
             "cell": self.cell,
             "vocab_size": vocab_size,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
             "embedding_size": self.embedding_size,
-            "dropout": self.dropout,
-            **output_config(self.output, counts, self.num_classes),
+            "dropout": dropout,
+            **output,
         }
 
     @classmethod
@@ -158,6 +162,19 @@ class DivergedError(RuntimeError):
     """The loss or the gradient became NaN or infinite."""
 
 
+# The n-gram order of the direct connections when --direct-order is not given, by output layer:
+# measured with 5-minute runs (benchmarks/bench_quality.py; docs/models.md). A small alphabet
+# (English characters, full softmax) gains up to order 6 (tiny-Shakespeare: order 4 2.197, 6
+# 2.106, 8 2.126 bpc); a large one (Chinese characters, class head) has far more distinct
+# contexts per order and is best at 3 (sanguo: 3 6.600, 4 6.601, 6 6.648 bpc).
+AUTO_DIRECT_ORDER = {"full": 6, "classes": 3}
+# Dropout when --dropout is not given, by output layer, measured the same way: the n-gram tables
+# take over the memorizing, and the network overfits less with dropout on its output (tiny-
+# Shakespeare: 0 2.106, 0.2 2.104 bpc and a steady curve; sanguo, whose 3,891 characters give a
+# large model for 536k characters of text: 0 6.730, 0.3 6.600, 0.5 6.500 bpc).
+AUTO_DROPOUT = {"full": 0.2, "classes": 0.5}
+
+
 def make_model(config: TrainConfig, vocab_size: int, counts: np.ndarray | None = None) -> Model:
     """A freshly initialized model for ``config``; ``counts`` (K,), the training split's token
     counts (``token_counts``), place the tokens in classes when the class head is used and size
@@ -165,8 +182,11 @@ def make_model(config: TrainConfig, vocab_size: int, counts: np.ndarray | None =
     from charrnn.cells import build_model
 
     model_config = config.model_config(vocab_size, counts)
-    if config.direct_order:
-        model_config["direct"] = direct_config(config, model_config, counts)
+    order = config.direct_order
+    if order is None:
+        order = AUTO_DIRECT_ORDER[model_config.get("output", "full")]
+    if order:
+        model_config["direct"] = direct_config(order, config.direct_size, model_config, counts)
     return build_model(model_config, seed=config.seed, dtype=DTYPES[config.dtype])
 
 
@@ -181,7 +201,7 @@ def token_counts(config: TrainConfig, train_ids: np.ndarray, vocab_size: int) ->
     return counts
 
 
-def direct_config(config: TrainConfig, model_config: dict, counts: np.ndarray | None) -> dict:
+def direct_config(order: int, size_mb: float, model_config: dict, counts: np.ndarray | None) -> dict:
     """{"order", "rows"} of the direct connections for a model config (without them)."""
     from charrnn.direct import plan_rows
     from charrnn.output import make_head
@@ -190,7 +210,8 @@ def direct_config(config: TrainConfig, model_config: dict, counts: np.ndarray | 
     masses = None
     if head.kind == "classes" and counts is not None:
         masses = np.bincount(head.class_of, weights=np.asarray(counts, dtype=np.float64), minlength=head.num_classes)
-    return {"order": int(config.direct_order), "rows": plan_rows(head.widths, config.direct_size, masses)}
+    positions = None if counts is None else int(np.sum(counts))
+    return {"order": int(order), "rows": plan_rows(head.widths, size_mb, masses, positions, order)}
 
 
 def validation_bpc(model: Model, ids: np.ndarray, seq_len: int, max_tokens: int, num_streams: int = 64) -> float:
@@ -327,7 +348,7 @@ class Trainer:
         inputs, targets = self.batches.chunk(self.chunk, self.streams)
         if c.unknown_rate:
             inputs, targets = self._unknown_noise(inputs, targets)
-        rng = (self.rng if self.dropout_rng is None else self.dropout_rng) if c.dropout else None
+        rng = (self.rng if self.dropout_rng is None else self.dropout_rng) if getattr(self.model, "dropout", 0.0) else None
         loss, g, s_last = self.model.loss_and_flat_grad(inputs, targets, self.s, rng)
         if self.reduce_gradient is not None:
             loss = self.reduce_gradient(g, loss)

@@ -144,3 +144,10 @@ def test_two_stage_sampling_sees_the_direct_connections():
     want = m.head.order[sampling.draw(q, np.random.default_rng(9))]
     np.testing.assert_array_equal(got_g, want)
     assert (got != want).any()
+
+
+def test_a_short_text_gets_no_larger_table_than_it_can_fill():
+    assert plan_rows([65], 64, positions=1000, order=6) == [6000]
+    assert plan_rows([65], 64, positions=10**7, order=6) == [(64 << 20) // 4 // 65]
+    rows = plan_rows([3, 2, 5], 64, masses=[10, 0], positions=10, order=2)
+    assert rows == [20, 20, 1]  # class logits: 10 positions x 2 orders; an unseen class: one row

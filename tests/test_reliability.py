@@ -333,7 +333,7 @@ CASES = [
     Case("model: a text file", on_damaged("text", "evaluate corpus.txt"), 1, r"text\.npz is not a charrnn checkpoint"),
     Case("model: weights of the wrong shape", on_damaged("theta-shape"), 1, r"weights are truncated or do not match the model|array 'theta' has shape"),
     Case("model: weights of the wrong dtype", on_damaged("theta-dtype"), 1, r"array 'theta' has dtype float64, expected float32"),
-    Case("model: state of the wrong shape", on_damaged("state-shape", "info"), 1, r"array 'state' has shape \(8, 15\), expected \(8, 16\)"),
+    Case("model: state of the wrong shape", on_damaged("state-shape", "info"), 1, r"array 'state' has shape \(8, 20\), expected \(8, 21\)"),
     Case("model: metadata not JSON", on_damaged("bad-json"), 1, r"metadata is not valid JSON"),
     Case("model: metadata not bytes", on_damaged("meta-not-bytes"), 1, r"metadata is not a UTF-8 byte array"),
     Case("model: vocabulary and weights disagree", on_damaged("vocab-disagrees"), 1, r"vocabulary \(45 tokens\) and weights \(vocab_size 44\) disagree"),
@@ -433,7 +433,8 @@ def test_a_50_megabyte_single_line_trains_in_bounded_memory(tmp_path):
     exit_code, maxrss = out.stdout.split()
     peak_mb = int(maxrss) / 1024 if sys.platform != "darwin" else int(maxrss) / MB
     assert exit_code in ("0", "None"), out.stderr
-    assert peak_mb < 320, f"peak {peak_mb:.0f} MB"
+    table_mb = 2 * 64  # the n-gram table and its Adagrad sums at their default size, which 50 MB of text fills
+    assert peak_mb < 320 + table_mb, f"peak {peak_mb:.0f} MB"
     info = json.loads(invoke("info", "-m", tmp_path / "m", "--json").stdout)
     assert info["corpus"]["bytes"] == 50_000_000 and info["step"] == 2
 
@@ -701,7 +702,8 @@ def test_absurd_declared_sizes_allocate_nothing_big(model, tmp_path, kind):
     finally:
         tracemalloc.stop()
     check(result, 1, r"truncated|do not match|declares|holds fewer|shape")
-    assert peak < 8 * MB, f"{peak / MB:.1f} MB allocated"
+    legit = 2 * open_model(model.ckpt).model.direct.table.nbytes  # the model's own n-gram table, read first
+    assert peak < 8 * MB + legit, f"{peak / MB:.1f} MB allocated"
 
 
 def declared_size_lie(model, tmp: Path) -> Path:

@@ -12,7 +12,7 @@ TEXT = (ENGLISH + CHINESE) * 20
 
 
 def small_config(**kw):
-    base = dict(hidden_size=16, seq_len=8, batch_size=4, eval_every=5, save_every=5, lr=0.01, val_fraction=0.1)
+    base = dict(hidden_size=16, seq_len=8, batch_size=4, eval_every=5, save_every=5, lr=0.01, val_fraction=0.1, dropout=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -274,9 +274,22 @@ def test_resume_is_exact_with_direct_connections(tmp_path, corpus, workers):
 
 def test_direct_connections_lower_the_validation_loss(tmp_path, corpus):
     """Same steps, same network: the n-gram tables help from the first minute."""
-    plain = prepare(small_config(steps=60, eval_every=60, save_every=0, hidden_size=16), [corpus], None)
+    plain = prepare(small_config(steps=60, eval_every=60, save_every=0, hidden_size=16, direct_order=0), [corpus], None)
     direct = prepare(small_config(steps=60, eval_every=60, save_every=0, hidden_size=16, direct_order=4, direct_size=1),
                      [corpus], None)
     bpc_plain = [r for r in run(plain) if r.event == "eval"][-1].val_bpc
     bpc_direct = [r for r in run(direct) if r.event == "eval"][-1].val_bpc
     assert bpc_direct < bpc_plain - 0.1
+
+
+def test_the_defaults_follow_the_output_layer(corpus):
+    """Left unset, dropout and the n-gram order are chosen by the output layer, as measured."""
+    from charrnn.train import AUTO_DIRECT_ORDER, AUTO_DROPOUT, make_model
+
+    for output, K in (("full", 65), ("classes", 400)):
+        config = TrainConfig(hidden_size=8, output=output)
+        m = make_model(config, K, np.arange(K, 0, -1.0))
+        assert m.config()["dropout"] == AUTO_DROPOUT[output]
+        assert m.direct.order == AUTO_DIRECT_ORDER[output]
+    m = make_model(TrainConfig(hidden_size=8, dropout=0.0, direct_order=0), 65)
+    assert m.direct is None and type(m).__name__ == "RNN"
