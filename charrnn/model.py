@@ -226,12 +226,17 @@ class Model:
             self.hidden_backward(ds, cache, self.unflatten(g))
             return loss, g, self._join_state(s_last, history, x.T), sink
 
-        results = parallel_map(run, list(range(len(groups))))
+        return self._combine_groups(parallel_map(run, list(range(len(groups)))))
+
+    def _combine_groups(self, results: list) -> tuple[float, np.ndarray, np.ndarray]:
+        """(loss, flat gradient, last state (B, S)) from the groups' (loss, g, s_last, sink), in
+        group order: losses and gradients summed, states stacked, and the direct connections'
+        sparse gradients queued in that order, so that their update is deterministic."""
         loss, g, _, _ = results[0]
         for loss_k, g_k, _, _ in results[1:]:
             loss += loss_k
             g += g_k
-        if self.direct is not None:  # in the order of the groups, so that updates are deterministic
+        if self.direct is not None:
             self.direct.pending = [item for *_, sink in results for item in sink]
         s_last = results[0][2] if len(results) == 1 else np.concatenate([r[2] for r in results])
         return loss, g, s_last
@@ -499,17 +504,9 @@ class RNN(Model):
                 head, S1, y[:, group].reshape(-1), T * B, self.head_part(g), self._work, hashes, sink
             )
             self._bptt(ds, x_g, S, g)
-            return loss, g, S[-1, :, : self.hidden_size].copy(), sink
+            return loss, g, self._join_state(S[-1, :, : self.hidden_size].copy(), history[group], x_g), sink
 
-        results = parallel_map(run, stream_groups(B, MIN_STREAMS_PER_WORKER))
-        loss, g, _, _ = results[0]
-        for loss_g, g_g, _, _ in results[1:]:
-            loss += loss_g
-            g += g_g
-        if self.direct is not None:  # in the order of the groups, so that updates are deterministic
-            self.direct.pending = [item for *_, sink in results for item in sink]
-        s_last = results[0][2] if len(results) == 1 else np.concatenate([r[2] for r in results])
-        return loss, g, self._join_state(s_last, history, x)
+        return self._combine_groups(parallel_map(run, stream_groups(B, MIN_STREAMS_PER_WORKER)))
 
     def step_state(self, x, s=None):
         """One step of the recurrence: x (B,) ints, s (B, H) or None -> ([s_t, 1] (B, H+1), s_t (B, H))."""
