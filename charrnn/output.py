@@ -115,6 +115,13 @@ def target_log_softmax(o: np.ndarray, y: np.ndarray) -> np.ndarray:
 # -- the heads ---------------------------------------------------------------------------------
 
 
+def _initialize_block(block: np.ndarray, rng: np.random.Generator) -> None:
+    """A weight-and-bias block [M; m] (H+1, n): M uniform in +-1/sqrt(H), m zero."""
+    H = len(block) - 1
+    block[:H] = rng.uniform(-1.0, 1.0, block[:H].shape) / np.sqrt(H)
+    block[H] = 0.0
+
+
 class FullHead:
     """``o = s V + c``, ``p = softmax(o)`` over all K tokens (see the module docstring)."""
 
@@ -136,10 +143,7 @@ class FullHead:
 
     def initialize(self, flat: np.ndarray, rng: np.random.Generator) -> None:
         """V uniform in +-1/sqrt(H) (the softmax starts near uniform), c zero."""
-        H = self.hidden_size
-        Vc = self._Vc(flat)
-        Vc[:H] = rng.uniform(-1.0, 1.0, Vc[:H].shape) / np.sqrt(H)
-        Vc[H] = 0.0
+        _initialize_block(self._Vc(flat), rng)
 
     def _Vc(self, flat: np.ndarray) -> np.ndarray:
         n = (self.hidden_size + 1) * self.vocab_size
@@ -237,10 +241,7 @@ class ClassHead(FullHead):
     def initialize(self, flat: np.ndarray, rng: np.random.Generator) -> None:
         """V and Q uniform in +-1/sqrt(H), c and d zero."""
         super().initialize(flat, rng)
-        H = self.hidden_size
-        Qd = self._Qd(flat)
-        Qd[:H] = rng.uniform(-1.0, 1.0, Qd[:H].shape) / np.sqrt(H)
-        Qd[H] = 0.0
+        _initialize_block(self._Qd(flat), rng)
 
     def _Qd(self, flat: np.ndarray) -> np.ndarray:
         n = (self.hidden_size + 1) * self.vocab_size
