@@ -28,6 +28,13 @@ from charrnn.optim import SCHEDULES, Optimizer, clip_grad_norm_, learning_rate, 
 from charrnn.tokenizer import Tokenizer
 
 DEFAULT_MAX_TIME = 600.0  # seconds, when neither steps, epochs nor max_time is given
+# A run limited by time also ends after this many passes over the text (unless --epochs says
+# otherwise), and its cosine schedule anneals over whichever comes first. Measured: the default
+# models are at their best when annealed over 10 to 13 passes (tiny-Shakespeare 2.104 bpc after
+# 13; sanguo 6.500 after 10) and overfit when they keep a high learning rate for longer (the
+# same models annealed over 10 minutes on 2 cores, 55 and 25 passes: 2.150 and 6.559, their best
+# long before the end).
+AUTO_MAX_EPOCHS = 12.0
 COUNT_CHUNK = 1 << 20  # ids counted at a time when placing tokens in output classes
 
 
@@ -474,10 +481,12 @@ class _Budget:
     """The limits of one invocation: steps, epochs, wall time, patience."""
 
     def __init__(self, config: TrainConfig, step: int, epochs_done: float):
-        if config.steps is None and config.epochs is None and config.max_time is None:
-            from dataclasses import replace
+        from dataclasses import replace
 
+        if config.steps is None and config.epochs is None and config.max_time is None:
             config = replace(config, max_time=DEFAULT_MAX_TIME)
+        if config.steps is None and config.epochs is None:  # limited by time: AUTO_MAX_EPOCHS too
+            config = replace(config, epochs=AUTO_MAX_EPOCHS if epochs_done < AUTO_MAX_EPOCHS else None)
         self.config, self.start_step, self.start_epochs = config, step, epochs_done
         self.start = time.perf_counter()
 

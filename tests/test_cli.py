@@ -490,7 +490,9 @@ def test_process_sample_into_a_closed_pipe_is_quiet(trained, tmp_path):
 def test_process_ctrl_c_saves_and_exits_130(tmp_path):
     (tmp_path / "corpus.txt").write_text(TEXT, encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "charrnn", "train", "corpus.txt", "-m", "m", *TINY, "--max-time", "60", "--save-every", "0"],
+        # --epochs: a small text would otherwise end after its 12 passes before the signal comes
+        [sys.executable, "-m", "charrnn", "train", "corpus.txt", "-m", "m", *TINY, "--max-time", "60", "--epochs", "10000",
+         "--save-every", "0"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env(),
     )
     try:

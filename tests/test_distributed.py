@@ -255,7 +255,7 @@ def test_resume_is_exact_with_dropout_noise_drawn_per_rank(runs, tmp_path):
 
 @needs_mpi
 def test_the_time_limit_and_the_schedule_follow_rank_0s_clock(runs, tmp_path):
-    config = dict(CONFIG, max_time=1.0, schedule="cosine", save_every=0)  # no step limit
+    config = dict(CONFIG, max_time=1.0, epochs=10000, schedule="cosine", save_every=0)  # time binds first
     spec = {"corpus": [str(runs / "corpus.txt")], "store": str(tmp_path / "m"), "config": config, "out": str(tmp_path / "w.npy")}
     result = launch(spec, tmp_path)
     assert result.returncode == 0, result.stderr

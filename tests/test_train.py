@@ -293,3 +293,17 @@ def test_the_defaults_follow_the_output_layer(corpus):
         assert m.direct.order == AUTO_DIRECT_ORDER[output]
     m = make_model(TrainConfig(hidden_size=8, dropout=0.0, direct_order=0), 65)
     assert m.direct is None and type(m).__name__ == "RNN"
+
+
+def test_a_run_limited_by_time_also_ends_after_twelve_passes(tmp_path, corpus):
+    """A small text is not trained on for ever: the time budget's cosine anneals over at most
+    AUTO_MAX_EPOCHS passes, and the run ends there; --epochs or --steps choose otherwise."""
+    from charrnn.train import AUTO_MAX_EPOCHS
+
+    trainer = prepare(small_config(max_time=600, eval_every=0, save_every=0, batch_size=16, seq_len=32), [corpus], None)
+    records = run(trainer)
+    assert records[-1].reason == "epochs" and trainer.epochs_done == pytest.approx(AUTO_MAX_EPOCHS, abs=0.2)
+    lrs = [r.lr for r in records if r.event == "step"]
+    assert lrs[-1] < 0.2 * lrs[0]  # annealed over the passes, not over the 600 s
+    again = prepare(small_config(epochs=AUTO_MAX_EPOCHS + 2, eval_every=0, save_every=0, batch_size=16, seq_len=32), [corpus], None)
+    assert run(again)[-1].reason == "epochs" and again.epochs_done >= AUTO_MAX_EPOCHS + 2
