@@ -530,8 +530,15 @@ def _describe_run(trainer, quiet: bool) -> None:
     if quiet:
         return
     c, m = trainer.config, trainer.model
+    config = m.config()
+    extras = [f"dropout {config['dropout']:g}"] if config.get("dropout") else []
+    if m.head.kind == "classes":
+        extras.append(f"{m.head.num_classes} output classes")
+    if m.direct is not None:
+        extras.append(f"n-grams 1-{m.direct.order} in {m.direct.table.nbytes / 2**20:.1f} MB")
+    extras = f" ({', '.join(extras)})" if extras else ""
     click.echo(
-        f"charrnn: {c.cell} x{c.num_layers}, hidden {c.hidden_size}, {m.num_params:,} parameters; "
+        f"charrnn: {c.cell} x{c.num_layers}, hidden {c.hidden_size}{extras}, {m.num_params:,} parameters; "
         f"vocabulary {trainer.tokenizer.vocab_size:,} {c.level}s; {len(trainer.train_ids):,} training and "
         f"{len(trainer.val_ids):,} validation tokens; starting at step {trainer.step}",
         err=True,
