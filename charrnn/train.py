@@ -202,10 +202,27 @@ def token_counts(config: TrainConfig, train_ids: np.ndarray, vocab_size: int) ->
     unknown id 0 also stands for the ``unknown_rate`` noise, so it counts at least that often
     (otherwise it would sit among the rarest tokens, in the largest class, whatever the noise)."""
     counts = np.zeros(vocab_size, dtype=np.float64)
-    for a in range(0, len(train_ids), COUNT_CHUNK):  # in chunks: the ids may be a memmap of GBs
-        counts += np.bincount(train_ids[a : a + COUNT_CHUNK], minlength=vocab_size)
+    for chunk in _id_chunks(train_ids):  # in chunks: the ids may be a memmap of GBs
+        counts += np.bincount(chunk, minlength=vocab_size)
     counts[0] = max(counts[0], config.unknown_rate * len(train_ids))
     return counts
+
+
+def _id_chunks(ids: np.ndarray) -> Iterator[np.ndarray]:
+    """The ids in chunks of COUNT_CHUNK. A memmap that starts where its file's map starts (the
+    cached ids, or a prefix of them) is read through a file handle instead of through the map: the
+    pages of a map stay in the process's resident memory once touched (2 GB of it, for the ids of
+    a 1 GB text), while a file read leaves them to the page cache."""
+    base = ids.base if isinstance(ids, np.memmap) else None
+    mapped = getattr(base, "ctypes", None)
+    if isinstance(ids, np.memmap) and ids.filename and (mapped is None or mapped.data == ids.ctypes.data):
+        with open(ids.filename, "rb") as f:
+            f.seek(ids.offset)
+            for a in range(0, len(ids), COUNT_CHUNK):
+                yield np.fromfile(f, dtype=ids.dtype, count=min(COUNT_CHUNK, len(ids) - a))
+        return
+    for a in range(0, len(ids), COUNT_CHUNK):
+        yield ids[a : a + COUNT_CHUNK]
 
 
 def direct_config(order: int, size_mb: float, model_config: dict, counts: np.ndarray | None) -> dict:
