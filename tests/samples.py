@@ -37,3 +37,17 @@ def _tokenizer():
 
 
 REPEATED_TOKENIZER = _tokenizer()
+
+
+def one_and_two_workers(monkeypatch, run):
+    """``run()`` with one stream worker, then with two (groups of 2 streams allowed): (one, two)."""
+    from charrnn import threads
+
+    monkeypatch.setattr("charrnn.model.MIN_STREAMS_PER_WORKER", 2)
+    threads.set_workers(1)
+    one = run()
+    threads.set_workers(2)
+    try:
+        return one, run()
+    finally:
+        threads.set_workers(1)

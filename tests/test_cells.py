@@ -275,20 +275,14 @@ def test_lstm_overfits_a_repeated_chinese_string():
 def test_stream_workers_split_the_gated_cells_exactly(cell, monkeypatch):
     """Two workers, each with half the streams, give the one-worker loss and gradient; with
     dropout the masks come from per-group generators, the same whichever thread runs first."""
-    from charrnn import threads
+    from samples import one_and_two_workers
 
     m, inputs, targets, s0 = make_problem(cell, num_layers=2, B=8)
-    monkeypatch.setattr("charrnn.model.MIN_STREAMS_PER_WORKER", 2)
-    threads.set_workers(1)
-    one = m.loss_and_flat_grad(inputs, targets, s0)
-    threads.set_workers(2)
-    try:
-        two = m.loss_and_flat_grad(inputs, targets, s0)
-        m_drop, *_ = make_problem(cell, num_layers=2, dropout=0.3, B=8)
-        a = m_drop.loss_and_flat_grad(inputs, targets, s0, np.random.default_rng(3))
-        b = m_drop.loss_and_flat_grad(inputs, targets, s0, np.random.default_rng(3))
-    finally:
-        threads.set_workers(1)
+    one, two = one_and_two_workers(monkeypatch, lambda: m.loss_and_flat_grad(inputs, targets, s0))
+    m_drop, *_ = make_problem(cell, num_layers=2, dropout=0.3, B=8)
+    _, (a, b) = one_and_two_workers(  # with two workers, twice: the same masks
+        monkeypatch, lambda: [m_drop.loss_and_flat_grad(inputs, targets, s0, np.random.default_rng(3)) for _ in "ab"]
+    )
     assert two[0] == pytest.approx(one[0], rel=1e-12)
     np.testing.assert_allclose(two[1], one[1], atol=1e-12)
     np.testing.assert_allclose(two[2], one[2], atol=1e-12)

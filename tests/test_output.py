@@ -135,17 +135,10 @@ def test_loss_is_mean_negative_log_probability():
 
 
 def test_workers_split_the_class_head_exactly(monkeypatch):
-    from charrnn import threads
+    from samples import one_and_two_workers
 
     m, inputs, targets, s0 = make_problem("rnn", B=8, K=8)
-    monkeypatch.setattr("charrnn.model.MIN_STREAMS_PER_WORKER", 2)
-    threads.set_workers(1)
-    one = m.loss_and_flat_grad(inputs, targets, s0)
-    threads.set_workers(2)
-    try:
-        two = m.loss_and_flat_grad(inputs, targets, s0)
-    finally:
-        threads.set_workers(1)
+    one, two = one_and_two_workers(monkeypatch, lambda: m.loss_and_flat_grad(inputs, targets, s0))
     assert two[0] == pytest.approx(one[0], rel=1e-12)
     np.testing.assert_allclose(two[1], one[1], atol=1e-12)
 
