@@ -18,7 +18,8 @@ from charrnn.cli import SPARKS, TRAIN_FIELDS, cli, sparkline
 
 from samples import CHINESE, ENGLISH
 
-ROOT = Path(charrnn.__file__).resolve().parent.parent
+ROOT = Path(charrnn.__file__).resolve().parent.parent  # the package under test (installed or not)
+REPO = Path(__file__).resolve().parent.parent  # the checkout: bundled corpora and test data
 TEXT = (CHINESE + "\n" + ENGLISH + "\n") * 30  # about 6 KB, Chinese and English
 TINY = ["--hidden-size", "24", "--seq-len", "16", "--batch-size", "8", "--lr", "0.01", "--eval-every", "40"]
 
@@ -347,8 +348,8 @@ def test_word_unknowns_count_words_and_their_characters(trained_words, tmp_path)
     assert "2 scored words (" in one_error_line(result)
 
 
-OLD_WORDS = ROOT / "tests" / "data" / "word-scheme1.txt"
-OLD_MODEL = ROOT / "tests" / "data" / "word-scheme1.npz"  # saved before word schemes (tests/data/README.md)
+OLD_WORDS = REPO / "tests" / "data" / "word-scheme1.txt"
+OLD_MODEL = REPO / "tests" / "data" / "word-scheme1.npz"  # saved before word schemes (tests/data/README.md)
 
 
 def test_an_old_word_model_reads_text_as_it_was_trained_to():
@@ -543,7 +544,7 @@ def chinese_classes(tmp_path_factory):
     """A model trained through the CLI on the bundled Chinese text (~1,400 distinct characters,
     so ``--output auto`` picks the class head)."""
     store = tmp_path_factory.mktemp("classes") / "model"
-    corpus = ROOT / "corpora" / "chinese.txt"
+    corpus = REPO / "corpora" / "chinese.txt"
     result = invoke("train", corpus, "-m", store, *TINY, "--steps", "40", "-q")
     assert result.exit_code == 0, result.stderr
     return store, corpus
@@ -575,7 +576,7 @@ def test_auto_trains_the_class_head_on_chinese_and_every_command_uses_it(chinese
 
 
 def test_output_full_and_num_classes_through_the_cli(tmp_path):
-    corpus = ROOT / "corpora" / "chinese.txt"
+    corpus = REPO / "corpora" / "chinese.txt"
     full = invoke("train", corpus, "-m", tmp_path / "full", *TINY, "--steps", "2", "-q", "--output", "full")
     assert full.exit_code == 0, full.stderr
     assert json.loads(invoke("info", "-m", tmp_path / "full", "--json").stdout)["output"] == {"kind": "full"}
