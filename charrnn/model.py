@@ -210,8 +210,10 @@ class Model:
         inputs, targets, s0 = self._check(inputs, targets, s0)
         B, T = inputs.shape
         groups = stream_groups(B, MIN_STREAMS_PER_WORKER)
-        rngs = [rng] if rng is None or len(groups) == 1 else [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, len(groups))]
-        rngs = rngs * len(groups) if len(rngs) == 1 else rngs
+        if rng is None or len(groups) == 1:
+            rngs = [rng] * len(groups)
+        else:
+            rngs = [np.random.default_rng(seed) for seed in rng.integers(0, 2**63, len(groups))]
 
         def run(k: int):
             group = groups[k]
@@ -454,8 +456,9 @@ class RNN(Model):
         x, S = cache
         g = np.empty_like(self.theta)
         self._bptt(ds, x, S, g)
+        views = self.unflatten(g)
         for name in ("U", "W", "b"):
-            grads[name][...] = self.unflatten(g)[name]
+            grads[name][...] = views[name]
 
     def _bptt(self, ds: np.ndarray, x: np.ndarray, S: np.ndarray, g: np.ndarray) -> None:
         """BPTT into the U, W, b part of ``g`` (a flat vector like ``theta``; those entries all

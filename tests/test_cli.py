@@ -55,16 +55,21 @@ def one_error_line(result) -> str:
     return lines[0]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny model trained through the CLI: (store directory, corpus path)."""
-    d = tmp_path_factory.mktemp("cli")
+def train_tiny(tmp_path_factory, name: str, *options):
+    """A tiny model of TEXT trained through the CLI: (store directory, corpus path, stderr)."""
+    d = tmp_path_factory.mktemp(name)
     corpus = d / "corpus.txt"
     corpus.write_text(TEXT, encoding="utf-8")
     store = d / "model"
-    result = invoke("train", corpus, "-m", store, *TINY, "--steps", "120")
+    result = invoke("train", corpus, "-m", store, *options, *TINY, "--steps", "120")
     assert result.exit_code == 0, result.stderr
-    return store, corpus
+    return store, corpus, result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny model trained through the CLI: (store directory, corpus path)."""
+    return train_tiny(tmp_path_factory, "cli")[:2]
 
 
 # -- start-up -------------------------------------------------------------------------------------
@@ -299,13 +304,7 @@ def test_evaluate_counts_unknown_characters(trained, tmp_path):
 @pytest.fixture(scope="module")
 def trained_words(tmp_path_factory):
     """A tiny word-level model trained through the CLI: (store directory, corpus path, stderr)."""
-    d = tmp_path_factory.mktemp("words")
-    corpus = d / "corpus.txt"
-    corpus.write_text(TEXT, encoding="utf-8")
-    store = d / "model"
-    result = invoke("train", corpus, "-m", store, "--level", "word", *TINY, "--steps", "120")
-    assert result.exit_code == 0, result.stderr
-    return store, corpus, result.stderr
+    return train_tiny(tmp_path_factory, "words", "--level", "word")
 
 
 def test_word_level_figures_compare_with_the_char_level(trained_words):
